@@ -1,0 +1,9 @@
+# The Cairn worker image used by docker-compose.yml (needs a registry for the base image).
+FROM python:3.11-slim
+WORKDIR /app
+COPY requirements.lock pyproject.toml ./
+RUN pip install --no-cache-dir -r requirements.lock
+COPY . .
+RUN pip install --no-cache-dir --no-deps . && useradd --uid 10001 --create-home cairn && mkdir -p /data && chown cairn /data
+USER cairn
+CMD ["python", "worker.py"]

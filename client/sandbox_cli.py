@@ -1,0 +1,95 @@
+"""`cairn sandbox build` and `cairn sandbox exec FILE [--json] [--timeout S]`.
+
+Why this exists: a person must be able to build the sandbox image and try a program in the sandbox
+without a Temporal server, through exactly the code path the `sandbox.exec` activity uses (the same
+SandboxRunner, limits and artifact handling). Runnable alone: `python -m client.sandbox_cli ...`.
+
+Must never: run the program any other way than the activity does, or print an infrastructure failure
+as if it were the program's result (those exit with code 2 and a message on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from temporalio.exceptions import ApplicationError
+
+from common.sandbox_models import ExecRequest, ExecResult
+
+
+def _build(args: argparse.Namespace) -> int:
+    from sandbox_images.build import BuildError, ensure_image
+
+    try:
+        ensure_image(force=args.force)
+    except BuildError as err:
+        print(f"cairn sandbox build: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def run_file(code: str, name: str, timeout_seconds: float | None) -> ExecResult:
+    from activities.sandbox_config import SandboxConfig
+    from activities.sandbox_runner import SandboxRunner
+
+    config = SandboxConfig.from_env()
+    # One run only: a warm pool would start containers this process never uses.
+    runner = SandboxRunner(config, pool_size=0)
+    try:
+        req = ExecRequest(code=code, timeout_seconds=timeout_seconds, step=name)
+        return await runner.run(req, artifacts_dir=config.artifacts_root / "cli" / name)
+    finally:
+        await runner.close()
+
+
+def _exec(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        result = asyncio.run(run_file(path.read_text(), path.stem, args.timeout))
+    except ApplicationError as err:
+        print(f"cairn sandbox exec: {err.type}: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"cairn sandbox exec: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        if result.stdout:
+            sys.stdout.write(result.stdout if result.stdout.endswith("\n") else result.stdout + "\n")
+        if result.stderr:
+            sys.stderr.write(result.stderr if result.stderr.endswith("\n") else result.stderr + "\n")
+        print(f"[sandbox] {result.summary()}", file=sys.stderr)
+    # The program's own exit code, as if it had run locally (capped to what a shell can show).
+    return min(result.exit_code, 255)
+
+
+def add_sandbox_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    sandbox = subparsers.add_parser("sandbox", help="build the code sandbox image or run a file in it")
+    _add_build_and_exec(sandbox.add_subparsers(dest="sandbox_command", required=True))
+
+
+def _add_build_and_exec(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    build = sub.add_parser("build", help="build the sandbox image offline (debootstrap + docker import)")
+    build.add_argument("--force", action="store_true", help="rebuild even if the image exists")
+    build.set_defaults(func=_build)
+
+    exe = sub.add_parser("exec", help="run a Python file in the sandbox, as the sandbox.exec activity does")
+    exe.add_argument("file", help="Python file to run; files it writes to /workspace/out come back")
+    exe.add_argument("--json", action="store_true", help="print the full result as JSON")
+    exe.add_argument("--timeout", type=float, default=None, help="wall-clock limit in seconds")
+    exe.set_defaults(func=_exec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m client.sandbox_cli")
+    _add_build_and_exec(parser.add_subparsers(dest="sandbox_command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The objects that cross Temporal boundaries: workflow, activity, signal, query and update payloads.
+
+Each of these is serialised into event history, so they evolve only by adding fields with defaults: an
+old history must still replay and an old client must still be understood. Nothing here may hold a key,
+a client or a connection; those live on the worker.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from common.sandbox_models import Artifact
+
+MAX_QUESTION_CHARS = 4000
+MAX_STEPS = 20
+MAX_STEP_TITLE_CHARS = 300
+MAX_STEP_DESCRIPTION_CHARS = 4000
+MAX_FEEDBACK_CHARS = 8000
+
+Phase = Literal[
+    "planning",
+    "awaiting_approval",
+    "researching",
+    "replanning",
+    "reporting",
+    "done",
+    "aborted",
+    "failed",
+]
+StepKind = Literal["research", "code"]
+StepStatus = Literal["pending", "running", "done", "failed", "skipped"]
+Role = Literal["planner", "researcher", "coder", "reporter"]
+TimeoutPolicy = Literal["approve", "abort"]
+
+
+class _Strict(BaseModel):
+    """Unknown fields are an error: a typo in a signal must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run's input, plan and result.
+
+
+class ResearchInput(_Strict):
+    """Input of ResearchWorkflow. `{"question": "..."}` alone is valid; everything else has a default."""
+
+    question: str
+    auto_approve: bool = False
+    max_plan_iterations: int = Field(default=2, ge=0, le=10)
+    max_parallel_steps: int = Field(default=3, ge=1, le=32)
+    max_steps: int = Field(default=8, ge=1, le=MAX_STEPS)
+    approval_timeout_seconds: float = Field(default=24 * 3600, gt=0)
+    on_approval_timeout: TimeoutPolicy = "abort"
+    max_plan_attempts: int = Field(default=3, ge=1, le=10)
+
+    @field_validator("question")
+    @classmethod
+    def _question_shape(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("the question is empty")
+        if len(value) > MAX_QUESTION_CHARS:
+            raise ValueError(f"the question is {len(value)} characters; the limit is {MAX_QUESTION_CHARS}")
+        return value
+
+
+class StepSpec(_Strict):
+    """A step as a person or the planner writes it. `id` is optional: a new step gets one."""
+
+    id: str | None = None
+    title: str
+    kind: StepKind = "research"
+    description: str = ""
+
+    @field_validator("title")
+    @classmethod
+    def _title_shape(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("a step title is empty")
+        if len(value) > MAX_STEP_TITLE_CHARS:
+            raise ValueError(f"a step title is longer than {MAX_STEP_TITLE_CHARS} characters")
+        return value
+
+    @field_validator("description")
+    @classmethod
+    def _description_shape(cls, value: str) -> str:
+        if len(value) > MAX_STEP_DESCRIPTION_CHARS:
+            raise ValueError(f"a step description is longer than {MAX_STEP_DESCRIPTION_CHARS} characters")
+        return value.strip()
+
+
+class PlanStep(_Strict):
+    id: str
+    title: str
+    kind: StepKind = "research"
+    description: str = ""
+    status: StepStatus = "pending"
+    error: str | None = None
+
+
+class Plan(_Strict):
+    version: int
+    steps: list[PlanStep]
+    rationale: str = ""
+
+
+class Usage(_Strict):
+    llm_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.llm_calls += other.llm_calls
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+
+
+class Source(_Strict):
+    """Something a finding rests on: a URL or a path of the user's documents."""
+
+    id: str
+    title: str = ""
+    url: str | None = None
+    path: str | None = None
+
+
+class Finding(_Strict):
+    step_id: str
+    title: str
+    summary: str
+    sources: list[Source] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    # Files a coder step's program made (charts, tables), stored on the worker, linked from the report.
+    artifacts: list[Artifact] = Field(default_factory=list)
+
+
+class ResearchResult(_Strict):
+    workflow_id: str
+    question: str
+    report: str
+    sources: list[Source] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    aborted: bool = False
+    abort_reason: str | None = None
+    report_path: str | None = None
+    plan: Plan | None = None
+
+
+class RunStatus(_Strict):
+    """What the `status` query answers."""
+
+    phase: Phase
+    question: str
+    plan: Plan | None = None
+    plan_iterations: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    waiting_for: str | None = None
+    report_path: str | None = None
+    error: str | None = None
+    aborted_reason: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Signals and updates.
+
+
+class ApprovePlan(_Strict):
+    plan_version: int
+
+
+class RequestChanges(_Strict):
+    plan_version: int
+    feedback: str
+
+    @field_validator("feedback")
+    @classmethod
+    def _feedback_shape(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("the feedback is empty")
+        if len(value) > MAX_FEEDBACK_CHARS:
+            raise ValueError(f"the feedback is longer than {MAX_FEEDBACK_CHARS} characters")
+        return value
+
+
+class AbortRun(_Strict):
+    reason: str = ""
+
+
+class EditPlan(_Strict):
+    plan_version: int
+    steps: list[StepSpec]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Activities and child workflows.
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(_Strict):
+    role: Role
+    messages: list[ChatMessage]
+    purpose: str = ""
+
+
+class ChatResponse(_Strict):
+    content: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class StepInput(_Strict):
+    question: str
+    step: PlanStep
+    context: str = ""
+    # Coder steps: how many times the model may fix a failing program before the step reports failure.
+    max_code_fixes: int = 2
+
+
+class SaveReport(_Strict):
+    workflow_id: str
+    markdown: str
+
+
+class SavedReport(_Strict):
+    path: str

@@ -1,0 +1,300 @@
+"""A scripted OpenAI-compatible chat server for tests and benchmarks: real HTTP, deterministic answers.
+
+The real client code (langchain-openai over httpx) talks to it exactly as it would to a provider, so
+retries, status codes, `Retry-After` and token accounting are exercised for real. Answers depend only
+on the request, so the same run gives the same report; faults are injected per request from a queue.
+It listens on loopback only. Run standalone with `python -m testkit.scripted_llm --port 8099`.
+
+Question markers steer the default script: `[steps=N]` sets the plan's size, `[replan=K]` makes the
+reviewer ask for one more step K times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Reply = Callable[[list[dict[str, str]]], str]
+
+
+def role_of(messages: list[dict[str, str]]) -> str:
+    """Which Cairn role sent this request, from the fixed first line of its system prompt."""
+    system = next((m["content"] for m in messages if m.get("role") == "system"), "")
+    for role in ("planner", "plan reviewer", "researcher", "coder", "reporter"):
+        if system.startswith(f"You are Cairn's {role}."):
+            return role.replace("plan ", "")
+    return "other"
+
+
+def _user_text(messages: list[dict[str, str]]) -> str:
+    return next((m["content"] for m in messages if m.get("role") == "user"), "")
+
+
+def _marker(text: str, name: str, default: int) -> int:
+    found = re.search(rf"\[{name}=(\d+)\]", text)
+    return int(found.group(1)) if found else default
+
+
+def default_reply(messages: list[dict[str, str]]) -> str:
+    """The default script: a plausible, deterministic answer for each role."""
+    role, text = role_of(messages), _user_text(messages)
+    question = text.split("\n", 1)[0].removeprefix("Research question: ")
+    if role == "planner":
+        count = _marker(question, "steps", 3)
+        steps = [
+            {
+                "title": f"Investigate aspect {i} of the question",
+                "kind": "research",
+                "description": f"Find evidence on aspect {i}.",
+            }
+            for i in range(1, count + 1)
+        ]
+        feedback = re.search(r"Feedback from the person: (.*)", text)
+        if feedback:
+            steps.append({"title": f"Address feedback: {feedback.group(1)[:80]}", "kind": "research"})
+        return json.dumps({"rationale": "Cover each aspect once.", "steps": steps})
+    if role == "reviewer":
+        wanted = _marker(question, "replan", 0)
+        done = text.count("Follow-up ")
+        if done < wanted:
+            return json.dumps(
+                {
+                    "sufficient": False,
+                    "rationale": "One gap remains.",
+                    "steps": [{"title": f"Follow-up {done + 1}", "kind": "research"}],
+                }
+            )
+        return json.dumps({"sufficient": True, "rationale": "Covered.", "steps": []})
+    if role == "coder":
+        return _coder_reply(messages, text)
+    if role == "researcher":
+        step = re.search(r"Your step: (.*)", text)
+        title = step.group(1) if step else "the step"
+        return f"Finding for '{title}': the evidence points one way, stated plainly."
+    if role == "reporter":
+        findings = re.findall(r"^## (.*)\n(.*)$", text, flags=re.MULTILINE)
+        body = "\n".join(f"- {title}: {first_line}" for title, first_line in findings)
+        return f"# Report: {question}\n\nWhat the steps established:\n\n{body}\n"
+    return "OK"
+
+
+# The scripted coder's program: real computation, one printed line, a CSV and a PNG in out/.
+CODER_PROGRAM = """import os
+import numpy as np
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+os.makedirs("out", exist_ok=True)
+values = np.arange(1, 11) ** 2
+print("sum of squares 1..10 =", int(values.sum()))
+np.savetxt("out/squares.csv", values, fmt="%d", header="square", comments="")
+plt.plot(values)
+plt.savefig("out/squares.png")
+"""
+
+
+def _coder_reply(messages: list[dict[str, str]], text: str) -> str:
+    last = messages[-1]["content"] if messages else ""
+    if "Program output:" in text:
+        output = text.split("Program output:", 1)[1].strip()
+        printed = output.split("stdout:\n", 1)[1].splitlines()[0] if "stdout:\n" in output else "nothing"
+        return f"The program ran ({output.splitlines()[0]}) and printed: {printed}."
+    if last.startswith("The program failed"):
+        return f"Fixed:\n```python\n{CODER_PROGRAM}```"
+    return f"Here is the program:\n```python\n{CODER_PROGRAM}```"
+
+
+@dataclass
+class Fault:
+    """One scripted failure for the next matching request (role None matches any)."""
+
+    status: int = 500
+    role: str | None = None
+    retry_after: float | None = None
+    delay: float = 0.0
+    content: str | None = None  # status 200 with this content: a malformed answer, say.
+
+
+@dataclass
+class Recorded:
+    role: str
+    messages: list[dict[str, str]]
+    status: int
+    authorization: str = ""
+
+
+@dataclass
+class ScriptedLLM:
+    latency: float = 0.0
+    api_key: str | None = None
+    reply: Reply = default_reply
+    port: int = 0
+    requests: list[Recorded] = field(default_factory=list)
+    _faults: list[Fault] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: ThreadingHTTPServer | None = None
+
+    # -- scripting -----------------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        status: int,
+        *,
+        role: str | None = None,
+        times: int = 1,
+        retry_after: float | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        with self._lock:
+            self._faults += [Fault(status, role, retry_after, delay) for _ in range(times)]
+
+    def answer_next(
+        self, content: str, *, role: str | None = None, times: int = 1, delay: float = 0.0
+    ) -> None:
+        with self._lock:
+            self._faults += [Fault(200, role, delay=delay, content=content) for _ in range(times)]
+
+    def calls(self, role: str | None = None, status: int | None = None) -> int:
+        with self._lock:
+            return sum(
+                1
+                for r in self.requests
+                if (role is None or r.role == role) and (status is None or r.status == status)
+            )
+
+    def _take_fault(self, role: str) -> Fault | None:
+        with self._lock:
+            for i, fault in enumerate(self._faults):
+                if fault.role in (None, role):
+                    return self._faults.pop(i)
+        return None
+
+    # -- serving -------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "start() first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def start(self) -> ScriptedLLM:
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler_for(self))
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="scripted-llm").start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def respond(self, body: dict[str, Any], authorization: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+        messages = body.get("messages") or []
+        role = role_of(messages)
+        fault = None
+        headers: dict[str, str]
+        if self.api_key is not None and authorization != f"Bearer {self.api_key}":
+            status, headers, payload = 401, {}, _error(401, "Incorrect API key provided.")
+        else:
+            fault = self._take_fault(role)
+            status, headers, payload = self._answer(body, messages, fault)
+        with self._lock:
+            self.requests.append(Recorded(role, messages, status, authorization))
+        time.sleep(self.latency + (fault.delay if fault else 0.0))
+        return status, headers, payload
+
+    def _answer(
+        self, body: dict[str, Any], messages: list[dict[str, str]], fault: Fault | None
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        if fault is not None and fault.status != 200:
+            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            return fault.status, headers, _error(fault.status, f"scripted failure {fault.status}")
+        content = fault.content if fault is not None and fault.content is not None else self.reply(messages)
+        prompt_tokens = sum(len(m.get("content", "")) for m in messages) // 4 + 1
+        completion_tokens = len(content) // 4 + 1
+        return (
+            200,
+            {},
+            {
+                "id": f"chatcmpl-{len(self.requests)}",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model", "scripted"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": content},
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+        )
+
+
+def _error(status: int, message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "scripted", "code": status}}
+
+
+def _handler_for(llm: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            # Headers and body go out in two writes; without TCP_NODELAY, Nagle's algorithm and the
+            # client's delayed ACK hold the body back ~40 ms, which is the server's fault, not Cairn's.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # Tests read the recorded requests, not stderr.
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except json.JSONDecodeError:
+                self._send(400, {}, _error(400, "request body is not JSON"))
+                return
+            if not self.path.rstrip("/").endswith("/chat/completions"):
+                self._send(404, {}, _error(404, f"no route {self.path}"))
+                return
+            self._send(*llm.respond(body, self.headers.get("Authorization", "")))
+
+        def _send(self, status: int, headers: dict[str, str], payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8099)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    llm = ScriptedLLM(latency=args.latency_ms / 1000, port=args.port).start()
+    print(f"scripted LLM at {llm.base_url}", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

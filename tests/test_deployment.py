@@ -1,0 +1,33 @@
+"""docker-compose.yml describes a real deployment, and the compose tool's own schema accepts it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tests.helpers import run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compose() -> str:
+    found = shutil.which("docker-compose")
+    assert found, "docker-compose is missing: install.sh --test installs Debian's docker-compose"
+    return found
+
+
+async def test_compose_file_is_valid_and_complete() -> None:
+    await run(compose(), "-f", str(ROOT / "docker-compose.yml"), "config", "-q")
+    _, services, _ = await run(compose(), "-f", str(ROOT / "docker-compose.yml"), "config", "--services")
+    assert set(services.split()) == {"postgresql", "temporal", "temporal-ui", "worker"}
+    _, rendered, _ = await run(compose(), "-f", str(ROOT / "docker-compose.yml"), "config")
+    assert "DB: postgres12" in rendered and "TEMPORAL_ADDRESS: temporal:7233" in rendered
+
+
+async def test_the_validator_would_catch_a_broken_file(tmp_path: Path) -> None:
+    broken = (ROOT / "docker-compose.yml").read_text().replace("service_healthy", "service_wonky")
+    (tmp_path / "docker-compose.yml").write_text(broken)
+    code, _, err = await run(
+        compose(), "-f", str(tmp_path / "docker-compose.yml"), "config", "-q", check=False
+    )
+    assert code != 0 and "service_wonky" in err

@@ -1,0 +1,85 @@
+"""How provider failures surface: retried with Retry-After, failed fast, or re-asked when malformed."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+
+from activities.llm import ERR_AUTH
+from client.api import CairnClient, CairnError
+from testkit.scripted_llm import ScriptedLLM
+from tests.conftest import llm_config
+from tests.helpers import events_of, history, started_attempts, wait_for
+from worker import build_worker
+
+
+async def test_rate_limit_is_retried_after_retry_after(cairn: CairnClient, llm: ScriptedLLM) -> None:
+    llm.fail_next(429, role="planner", retry_after=1)
+    wid = await cairn.start("Rate limited question [steps=1]", auto_approve=True)
+    result = await cairn.result(wid)
+    assert not result.aborted
+    assert llm.calls("planner", status=429) == 1 and llm.calls("planner", status=200) == 1
+    hist = await history(cairn, wid)
+    assert started_attempts(hist)[0] == 2  # The plan call succeeded on its second attempt.
+    first, second = [r for r in llm.requests if r.role == "planner"][:2]
+    assert first.messages == second.messages  # The same call, retried, not a new one.
+
+
+async def test_server_error_is_retried(cairn: CairnClient, llm: ScriptedLLM) -> None:
+    llm.fail_next(503, role="reporter", times=2, retry_after=0.2)
+    result = await cairn.result(await cairn.start("Flaky reporter [steps=1]", auto_approve=True))
+    assert result.report.startswith("# Report") and llm.calls("reporter") == 3
+
+
+async def test_bad_credentials_fail_fast_with_a_named_cause(
+    temporal_client: Client, llm: ScriptedLLM, task_queue: str, tmp_path
+) -> None:
+    async with build_worker(temporal_client, task_queue, llm_config(llm, api_key="sk-wrong"), home=tmp_path):
+        cairn = CairnClient(temporal_client, task_queue)
+        started = time.monotonic()
+        wid = await cairn.start("Any question", auto_approve=True)
+        with pytest.raises(CairnError, match=r"planning.*401.*OPENAI_API_KEY"):
+            await cairn.result(wid)
+        assert time.monotonic() - started < 10
+        assert llm.calls(status=401) == 1  # One attempt: retrying bad credentials cannot help.
+        hist = await history(cairn, wid)
+        failed = events_of(hist, EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED)
+        assert len(failed) == 1
+        failure = failed[0].activity_task_failed_event_attributes.failure
+        assert failure.application_failure_info.type == ERR_AUTH
+        assert failure.application_failure_info.non_retryable
+        status = await cairn.status(wid)
+        assert status.phase == "failed" and "401" in (status.error or "")
+
+
+async def test_malformed_plan_is_re_asked_then_accepted(cairn: CairnClient, llm: ScriptedLLM) -> None:
+    llm.answer_next("Sure! Here is my plan: step one, step two.", role="planner")
+    llm.answer_next('{"steps": [{"kind": "research"}]}', role="planner")
+    result = await cairn.result(await cairn.start("Messy planner [steps=2]", auto_approve=True))
+    planner = [r for r in llm.requests if r.role == "planner"]
+    assert len(planner) == 3 and result.plan is not None and len(result.plan.steps) == 2
+    # Each re-ask shows the model its own reply and what was wrong with it.
+    assert "no JSON object" in planner[1].messages[-1]["content"]
+    assert "steps.0.title" in planner[2].messages[-1]["content"]
+
+
+async def test_persistently_malformed_plan_fails_with_a_clear_message(
+    cairn: CairnClient, llm: ScriptedLLM
+) -> None:
+    llm.answer_next("{not json", role="planner", times=3)
+    wid = await cairn.start("Hopeless planner", auto_approve=True)
+    with pytest.raises(CairnError, match="malformed output 3 times"):
+        await cairn.result(wid)
+    assert (await wait_for(cairn, wid, "failed")).error
+    assert llm.calls("planner") == 3
+
+
+async def test_a_failed_step_is_reported_not_hidden(cairn: CairnClient, llm: ScriptedLLM) -> None:
+    llm.fail_next(400, role="researcher")
+    result = await cairn.result(await cairn.start("One bad step [steps=2]", auto_approve=True))
+    assert result.plan is not None
+    assert sorted(s.status for s in result.plan.steps) == ["done", "failed"]
+    assert "## Steps not completed" in result.report and "400" in result.report

@@ -1,0 +1,71 @@
+"""Committed histories replay against the current workflow code: a non-deterministic change fails CI.
+
+To change workflow code that runs may be in the middle of, guard the change with `workflow.patched`
+(see the README) and record a new history beside the old ones (`python -m tests.record_histories`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from temporalio import workflow
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from common.models import ResearchInput, ResearchResult
+from common.names import CODER_WORKFLOW, RESEARCH_WORKFLOW, STEP_WORKFLOW
+from workflows.coder import CoderWorkflow
+from workflows.research import ResearchWorkflow
+from workflows.runner import workflow_runner
+from workflows.step import StepWorkflow
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+def load(path: Path) -> WorkflowHistory:
+    return WorkflowHistory.from_json(path.stem.replace("__", "/"), json.loads(path.read_text()))
+
+
+def workflow_type(history: WorkflowHistory) -> str:
+    return history.events[0].workflow_execution_started_event_attributes.workflow_type.name
+
+
+def replayer(*workflows: type) -> Replayer:
+    return Replayer(
+        workflows=list(workflows) or [ResearchWorkflow, StepWorkflow, CoderWorkflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(),
+    )
+
+
+def test_every_workflow_type_has_committed_histories() -> None:
+    types = {workflow_type(load(p)) for p in HISTORIES}
+    assert types >= {RESEARCH_WORKFLOW, STEP_WORKFLOW, CODER_WORKFLOW}
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
+async def test_committed_history_replays(path: Path) -> None:
+    result = await replayer().replay_workflow(load(path), raise_on_replay_failure=True)
+    assert result.replay_failure is None
+
+
+@workflow.defn(name=RESEARCH_WORKFLOW)
+class _ChangedResearch(ResearchWorkflow):
+    """An unguarded change: a timer that recorded runs never had."""
+
+    @workflow.run
+    async def run(self, request: ResearchInput) -> ResearchResult:
+        await workflow.sleep(1)
+        return await super().run(request)
+
+
+async def test_an_unguarded_change_is_caught() -> None:
+    history = load(next(p for p in HISTORIES if p.stem == "research_full_loop"))
+    result = await replayer(_ChangedResearch, StepWorkflow).replay_workflow(
+        history, raise_on_replay_failure=False
+    )
+    assert result.replay_failure is not None
+    assert "nondetermin" in str(result.replay_failure).lower()

@@ -1,0 +1,96 @@
+"""CoderWorkflow: a coding step. The coder model writes a program, `sandbox.exec` runs it in a locked-down
+container, failures go back to the model for a bounded number of fixes, and the step returns a finding
+with the program's output and the files it made.
+
+Deterministic orchestration only: model calls and the sandbox run are activities. A failing program is
+data the model sees (exit code, stderr, limits hit), not an activity failure; an unavailable sandbox is
+an activity failure, and the step fails with its reason.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from common.models import Finding, StepInput, Usage
+    from common.names import CODER_WORKFLOW, SANDBOX_EXEC
+    from common.sandbox_models import (
+        ERR_IMAGE_MISSING,
+        ERR_INVALID_REQUEST,
+        ExecRequest,
+        ExecResult,
+    )
+    from workflows import prompts
+    from workflows.calls import chat
+
+_FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
+OUTPUT_CHARS_FOR_MODEL = 6000
+SANDBOX_TIMEOUT_SECONDS = 60.0
+
+
+def extract_program(reply: str) -> str:
+    """The program in the reply's first fenced block; a reply with no fence is taken as code."""
+    found = _FENCE.search(reply)
+    return (found.group(1) if found else reply).strip()
+
+
+def describe(result: ExecResult) -> str:
+    """What the model reads about a run: the outcome line, then the output, trimmed."""
+    text = result.summary()
+    if result.stdout:
+        text += f"\nstdout:\n{result.stdout[-OUTPUT_CHARS_FOR_MODEL:]}"
+    if result.stderr:
+        text += f"\nstderr:\n{result.stderr[-OUTPUT_CHARS_FOR_MODEL:]}"
+    for artifact in result.artifacts:
+        if artifact.preview:
+            text += f"\n{artifact.name} begins:\n{artifact.preview[:1000]}"
+    return text
+
+
+@workflow.defn(name=CODER_WORKFLOW)
+class CoderWorkflow:
+    @workflow.run
+    async def run(self, task: StepInput) -> Finding:
+        step = task.step
+        usage = Usage()
+        conversation = prompts.code_messages(task.question, step.title, step.description, task.context)
+        reply = await chat("coder", conversation, f"write code: {step.title}"[:200], usage)
+        result: ExecResult | None = None
+        program = ""
+        for attempt in range(task.max_code_fixes + 1):
+            program = extract_program(reply.content)
+            result = await workflow.execute_activity(
+                SANDBOX_EXEC,
+                ExecRequest(code=program, step=step.id, timeout_seconds=SANDBOX_TIMEOUT_SECONDS),
+                result_type=ExecResult,
+                # The run's own limit, plus start-up and the host-side kill grace.
+                start_to_close_timeout=timedelta(seconds=SANDBOX_TIMEOUT_SECONDS + 60),
+                heartbeat_timeout=timedelta(seconds=10),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=3,
+                    non_retryable_error_types=[ERR_IMAGE_MISSING, ERR_INVALID_REQUEST],
+                ),
+                summary=f"run code: step {step.id}" + (f" (fix {attempt})" if attempt else ""),
+            )
+            if result.ok or attempt == task.max_code_fixes:
+                break
+            conversation = conversation + prompts.code_fix_message(reply.content, describe(result))
+            reply = await chat("coder", conversation, f"fix code: {step.title}"[:200], usage)
+        assert result is not None
+        summary = await chat(
+            "coder",
+            prompts.code_summary_messages(task.question, step.title, program, describe(result)),
+            f"summarize code: {step.title}"[:200],
+            usage,
+        )
+        return Finding(
+            step_id=step.id,
+            title=step.title,
+            summary=summary.content,
+            usage=usage,
+            artifacts=result.artifacts,
+        )

@@ -1,0 +1,191 @@
+"""Prompts for the planner, the plan reviewer, the step agents and the reporter.
+
+Pure functions of their arguments: workflows build messages here, so a prompt must never read a clock,
+the environment or a file. Changing a prompt changes the activity input of new runs only; histories of
+old runs still replay because activity inputs are not compared on replay.
+
+Every system prompt opens with a fixed first line ("You are Cairn's planner.") so that logs, traces and
+the scripted test server can tell the roles apart.
+"""
+
+from __future__ import annotations
+
+import json
+
+from common.models import ChatMessage, Finding, Plan
+
+PLANNER_HEADER = "You are Cairn's planner."
+REVIEWER_HEADER = "You are Cairn's plan reviewer."
+RESEARCHER_HEADER = "You are Cairn's researcher."
+CODER_HEADER = "You are Cairn's coder."
+REPORTER_HEADER = "You are Cairn's reporter."
+
+_PLAN_FORMAT = (
+    'Answer with one JSON object and nothing else: {"rationale": "<why this plan>", "steps": '
+    '[{"title": "<short imperative>", "kind": "research" or "code", "description": "<what to find '
+    'or compute>"}]}. Use "code" only for steps that need computation, data processing or charts.'
+)
+
+
+def plan_messages(question: str, max_steps: int) -> list[ChatMessage]:
+    return [
+        ChatMessage(
+            role="system",
+            content=(
+                f"{PLANNER_HEADER}\nBreak the research question into at most {max_steps} "
+                f"independent steps that together answer it well.\n{_PLAN_FORMAT}"
+            ),
+        ),
+        ChatMessage(role="user", content=f"Research question: {question}"),
+    ]
+
+
+def revise_messages(question: str, plan: Plan, feedback: str, max_steps: int) -> list[ChatMessage]:
+    return [
+        ChatMessage(
+            role="system",
+            content=(
+                f"{PLANNER_HEADER}\nRevise the plan following the person's feedback; keep at most "
+                f"{max_steps} steps.\n{_PLAN_FORMAT}"
+            ),
+        ),
+        ChatMessage(
+            role="user",
+            content=(
+                f"Research question: {question}\n\nCurrent plan (version {plan.version}):\n"
+                f"{render_steps(plan)}\n\nFeedback from the person: {feedback}"
+            ),
+        ),
+    ]
+
+
+def review_messages(
+    question: str, plan: Plan, findings: list[Finding], max_new_steps: int
+) -> list[ChatMessage]:
+    return [
+        ChatMessage(
+            role="system",
+            content=(
+                f"{REVIEWER_HEADER}\nJudge whether the findings cover the question. Answer with "
+                'one JSON object and nothing else: {"sufficient": true or false, "rationale": '
+                '"<why>", "steps": [<new steps, same shape as a plan step: {"title", "kind", '
+                f'"description"}}>]}}. Propose at most {max_new_steps} new steps, and none when '
+                "coverage is sufficient."
+            ),
+        ),
+        ChatMessage(
+            role="user",
+            content=(
+                f"Research question: {question}\n\nPlan (version {plan.version}):\n"
+                f"{render_steps(plan)}\n\nFindings:\n{render_findings(findings)}"
+            ),
+        ),
+    ]
+
+
+def step_messages(question: str, kind: str, title: str, description: str, context: str) -> list[ChatMessage]:
+    header = CODER_HEADER if kind == "code" else RESEARCHER_HEADER
+    body = f"Research question: {question}\n\nYour step: {title}"
+    if description:
+        body += f"\nDetails: {description}"
+    if context:
+        body += f"\n\nWhat earlier steps found:\n{context}"
+    return [
+        ChatMessage(
+            role="system",
+            content=(
+                f"{header}\nCarry out one step of a research plan and write a concise, factual "
+                "finding in markdown. Say plainly what you could not establish."
+            ),
+        ),
+        ChatMessage(role="user", content=body),
+    ]
+
+
+def code_messages(question: str, title: str, description: str, context: str) -> list[ChatMessage]:
+    body = f"Research question: {question}\n\nYour step: {title}"
+    if description:
+        body += f"\nDetails: {description}"
+    if context:
+        body += f"\n\nWhat earlier steps found:\n{context}"
+    return [
+        ChatMessage(
+            role="system",
+            content=(
+                f"{CODER_HEADER}\nWrite one self-contained Python 3 program that carries out the step. "
+                "It runs in a sandbox with numpy, pandas and matplotlib, no network and a time limit. "
+                "Print the results that matter; save charts and tables into the folder `out/`. "
+                "Answer with the program in one ```python fenced block."
+            ),
+        ),
+        ChatMessage(role="user", content=body),
+    ]
+
+
+def code_fix_message(program_reply: str, outcome: str) -> list[ChatMessage]:
+    return [
+        ChatMessage(role="assistant", content=program_reply),
+        ChatMessage(
+            role="user",
+            content=f"The program failed: {outcome}\nFix it and answer with the whole corrected program "
+            "in one ```python fenced block.",
+        ),
+    ]
+
+
+def code_summary_messages(question: str, title: str, code: str, outcome: str) -> list[ChatMessage]:
+    return [
+        ChatMessage(
+            role="system",
+            content=(
+                f"{CODER_HEADER}\nSummarize what the program established for the step, as a concise, "
+                "factual finding in markdown. Mention the files it produced. Say plainly what failed."
+            ),
+        ),
+        ChatMessage(
+            role="user",
+            content=f"Research question: {question}\n\nYour step: {title}\n\nProgram:\n```python\n{code}\n```"
+            f"\n\nProgram output:\n{outcome}",
+        ),
+    ]
+
+
+def report_messages(question: str, findings: list[Finding]) -> list[ChatMessage]:
+    return [
+        ChatMessage(
+            role="system",
+            content=(
+                f"{REPORTER_HEADER}\nWrite a well-structured markdown report that answers the "
+                "question from the findings alone. Cite sources as [n] using the numbers given; "
+                "do not invent sources. Open with a title line starting with '# '."
+            ),
+        ),
+        ChatMessage(
+            role="user",
+            content=f"Research question: {question}\n\nFindings:\n{render_findings(findings)}",
+        ),
+    ]
+
+
+def render_steps(plan: Plan) -> str:
+    return "\n".join(
+        f"{i}. [{s.kind}] {s.title} ({s.status})" + (f": {s.description}" if s.description else "")
+        for i, s in enumerate(plan.steps, 1)
+    )
+
+
+def render_findings(findings: list[Finding]) -> str:
+    if not findings:
+        return "(none)"
+    parts = []
+    for f in findings:
+        cites = ", ".join(f"[{s.id}] {s.title or s.url or s.path}" for s in f.sources)
+        parts.append(f"## {f.title}\n{f.summary}" + (f"\nSources: {cites}" if cites else ""))
+    return "\n\n".join(parts)
+
+
+def plan_json(plan: Plan) -> str:
+    """The plan as the planner would have written it, for re-asking after a malformed reply."""
+    return json.dumps(
+        {"steps": [{"title": s.title, "kind": s.kind, "description": s.description} for s in plan.steps]}
+    )

@@ -1,0 +1,71 @@
+"""Assembling the report's frame: numbered sources, unfinished steps, and the partial report on abort.
+
+Pure functions, deterministic, no LLM: an aborted run or a run whose reporter is out of reach must still
+leave a report that says exactly what was and was not done.
+"""
+
+from __future__ import annotations
+
+from common.models import Finding, Plan, Source
+
+
+def number_sources(findings: list[Finding]) -> list[Source]:
+    """De-duplicate sources across findings (same URL or path) and number them 1..n in first-seen
+    order; each finding's sources are renumbered to match, so `[n]` means the same thing everywhere."""
+    numbered: dict[str, Source] = {}
+    for finding in findings:
+        renumbered = []
+        for source in finding.sources:
+            key = source.url or source.path or source.title or source.id
+            if key not in numbered:
+                numbered[key] = source.model_copy(update={"id": str(len(numbered) + 1)})
+            renumbered.append(numbered[key])
+        finding.sources = renumbered
+    return list(numbered.values())
+
+
+def sources_section(sources: list[Source]) -> str:
+    if not sources:
+        return ""
+    lines = [
+        f"{s.id}. {s.title or s.url or s.path}"
+        + (f" <{s.url}>" if s.url and s.title else "")
+        + (f" ({s.path})" if s.path and s.title else "")
+        for s in sources
+    ]
+    return "\n\n## Sources\n\n" + "\n".join(lines) + "\n"
+
+
+def artifacts_section(findings: list[Finding]) -> str:
+    """Files coder steps made, by reference: the report links them, it never inlines their bytes."""
+    lines = [
+        f'- {a.name} ({a.size} bytes, {a.media_type}) from "{f.title}": {a.path}'
+        for f in findings
+        for a in f.artifacts
+    ]
+    return "\n\n## Artifacts\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def unfinished_section(plan: Plan | None) -> str:
+    if plan is None:
+        return ""
+    missing = [s for s in plan.steps if s.status in ("failed", "skipped", "pending", "running")]
+    if not missing:
+        return ""
+    lines = [f"- {s.title}: {s.status}" + (f" ({s.error})" if s.error else "") for s in missing]
+    return "\n\n## Steps not completed\n\n" + "\n".join(lines) + "\n"
+
+
+def partial_report(question: str, reason: str, plan: Plan | None, findings: list[Finding]) -> str:
+    done = len(findings)
+    total = len(plan.steps) if plan else 0
+    parts = [
+        f"# Partial report (aborted): {question}",
+        f"> This run was aborted{': ' + reason if reason else ''}. "
+        f"{done} of {total} steps had completed; their findings follow unedited.",
+    ]
+    for finding in findings:
+        parts.append(f"## {finding.title}\n\n{finding.summary}")
+    if not findings:
+        parts.append("No step had completed.")
+    return "\n\n".join(parts) + "\n" + artifacts_section(findings)

@@ -1,0 +1,463 @@
+"""ResearchWorkflow: plan, wait for approval, delegate steps to child workflows, replan, report.
+
+Deterministic orchestration only: no I/O, clocks, randomness or environment reads. Every LLM call is an
+activity (see workflows/calls.py) and every step a child workflow, so Temporal's event history is the
+run's only checkpoint. Signals and the update record intent in state; the main loop acts on it.
+A malformed or stale signal is logged and ignored: it never fails or stalls the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError, CancelledError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
+    from common.models import (
+        AbortRun,
+        ApprovePlan,
+        EditPlan,
+        Finding,
+        Phase,
+        Plan,
+        PlanStep,
+        RequestChanges,
+        ResearchInput,
+        ResearchResult,
+        RunStatus,
+        SavedReport,
+        SaveReport,
+        StepInput,
+        StepSpec,
+        Usage,
+    )
+    from common.names import (
+        CODER_WORKFLOW,
+        QUERY_STATUS,
+        REPORT_SAVE,
+        RESEARCH_WORKFLOW,
+        SIGNAL_ABORT,
+        SIGNAL_APPROVE_PLAN,
+        SIGNAL_REQUEST_CHANGES,
+        STEP_WORKFLOW,
+        UPDATE_EDIT_PLAN,
+    )
+    from workflows import prompts, reporting
+    from workflows.calls import chat, chat_structured, parse_plan, parse_review
+    from workflows.details import render_details
+
+T = TypeVar("T")
+
+CONTEXT_CHARS_PER_FINDING = 1500
+
+
+class _Aborted(Exception):
+    """Raised inside the workflow when an abort signal interrupts work in progress."""
+
+
+def _root_message(err: BaseException) -> str:
+    """The message that names the cause: the first ApplicationError in the chain (activities translate
+    provider errors into those), else the innermost failure. 'Activity task failed' says little."""
+    cause: BaseException | None = err
+    innermost = str(err)
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            return cause.message
+        innermost = str(cause) or innermost
+        cause = cause.__cause__
+    return innermost
+
+
+# An input that fails validation (an empty question sent with `temporal workflow start`, say) fails the
+# run with pydantic's message instead of retrying a workflow task that can never succeed.
+@workflow.defn(name=RESEARCH_WORKFLOW, failure_exception_types=[ValidationError])
+class ResearchWorkflow:
+    @workflow.init
+    def __init__(self, request: ResearchInput) -> None:
+        self._input = request
+        self._phase: Phase = "planning"
+        self._plan: Plan | None = None
+        self._iterations = 0
+        self._usage = Usage()
+        self._findings: dict[str, Finding] = {}
+        self._next_step = 1
+        self._approved: int | None = None
+        self._changes: RequestChanges | None = None
+        self._abort: AbortRun | None = None
+        self._report_path: str | None = None
+        self._error: str | None = None
+        self._failed_while = "starting"
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, request: ResearchInput) -> ResearchResult:
+        try:
+            report = await self._research()
+        except FailureError as err:
+            self._error = _root_message(err)
+            self._set_phase("failed")
+            raise ApplicationError(
+                f"research failed while {self._failed_while}: {self._error}",
+                type="ResearchFailed",
+                non_retryable=True,
+            ) from err
+        saved = await workflow.execute_activity(
+            REPORT_SAVE,
+            SaveReport(workflow_id=workflow.info().workflow_id, markdown=report),
+            result_type=SavedReport,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=5),
+            summary="save report",
+        )
+        self._report_path = saved.path
+        self._set_phase("aborted" if self._abort else "done")
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return ResearchResult(
+            workflow_id=workflow.info().workflow_id,
+            question=request.question,
+            report=report,
+            sources=reporting.number_sources(self._ordered_findings()),
+            usage=self._usage,
+            aborted=self._abort is not None,
+            abort_reason=self._abort.reason if self._abort else None,
+            report_path=saved.path,
+            plan=self._plan,
+        )
+
+    async def _research(self) -> str:
+        """Returns the report's markdown: full when the run completes, partial when it is aborted."""
+        try:
+            self._failed_while = "planning"
+            draft = await self._unless_aborted(
+                chat_structured(
+                    "planner",
+                    prompts.plan_messages(self._input.question, self._input.max_steps),
+                    parse_plan,
+                    attempts=self._input.max_plan_attempts,
+                    summary="plan v1",
+                    usage=self._usage,
+                )
+            )
+            self._install_plan(draft.steps, draft.rationale)
+            while True:
+                await self._await_approval()
+                self._failed_while = "researching"
+                await self._unless_aborted(self._execute_pending())
+                if self._iterations >= self._input.max_plan_iterations:
+                    break
+                self._failed_while = "replanning"
+                new_steps = await self._unless_aborted(self._review())
+                if not new_steps:
+                    break
+                self._iterations += 1
+                self._install_plan(new_steps, "", keep_completed=True)
+            self._failed_while = "reporting"
+            return await self._unless_aborted(self._write_report())
+        except _Aborted:
+            reason = self._abort.reason if self._abort else ""
+            return reporting.partial_report(
+                self._input.question, reason, self._plan, self._ordered_findings()
+            ) + reporting.unfinished_section(self._plan)
+
+    async def _await_approval(self) -> None:
+        if self._input.auto_approve:
+            return
+        assert self._plan is not None
+        while True:
+            version = self._plan.version
+            self._set_phase("awaiting_approval")
+            try:
+                await workflow.wait_condition(
+                    functools.partial(self._approval_settled, version),
+                    timeout=timedelta(seconds=self._input.approval_timeout_seconds),
+                    timeout_summary=f"approval timeout for plan v{version}",
+                )
+            except TimeoutError:
+                if self._input.on_approval_timeout == "approve":
+                    workflow.logger.info("plan v%d approved by timeout policy", version)
+                    return
+                self._abort = AbortRun(
+                    reason=f"plan v{version} was not approved within "
+                    f"{self._input.approval_timeout_seconds:g} seconds"
+                )
+            if self._abort is not None:
+                raise _Aborted()
+            if self._approved is not None:
+                self._approved = None
+                return
+            if self._changes is not None:
+                changes, self._changes = self._changes, None
+                self._set_phase("planning")
+                self._failed_while = "revising the plan"
+                draft = await self._unless_aborted(
+                    chat_structured(
+                        "planner",
+                        prompts.revise_messages(
+                            self._input.question, self._plan, changes.feedback, self._input.max_steps
+                        ),
+                        parse_plan,
+                        attempts=self._input.max_plan_attempts,
+                        summary=f"plan v{version + 1} (revision)",
+                        usage=self._usage,
+                    )
+                )
+                self._install_plan(draft.steps, draft.rationale, keep_completed=True)
+            # Otherwise an edit made a new version: wait again, with a fresh timer for it.
+
+    async def _execute_pending(self) -> None:
+        assert self._plan is not None
+        self._set_phase("researching")
+        limit = asyncio.Semaphore(self._input.max_parallel_steps)
+        pending = [s for s in self._plan.steps if s.status == "pending"]
+        await asyncio.gather(*(self._run_step(step, limit) for step in pending))
+
+    async def _run_step(self, step: PlanStep, limit: asyncio.Semaphore) -> None:
+        async with limit:
+            step.status = "running"
+            self._publish()
+            try:
+                finding = await workflow.execute_child_workflow(
+                    CODER_WORKFLOW if step.kind == "code" else STEP_WORKFLOW,
+                    StepInput(question=self._input.question, step=step, context=self._context()),
+                    id=f"{workflow.info().workflow_id}/{step.id}",
+                    result_type=Finding,
+                    static_summary=f"step {step.id}: {step.title}"[:200],
+                )
+            except asyncio.CancelledError:
+                step.status, step.error = "skipped", "the run was aborted"
+                raise
+            except FailureError as err:
+                if isinstance(err.cause, CancelledError):
+                    step.status, step.error = "skipped", "cancelled"
+                    raise
+                step.status, step.error = "failed", _root_message(err)[:500]
+                workflow.logger.warning("step %s failed: %s", step.id, step.error)
+            else:
+                self._findings[step.id] = finding
+                self._usage.add(finding.usage)
+                step.status = "done"
+            self._publish()
+
+    async def _review(self) -> list[StepSpec]:
+        assert self._plan is not None
+        self._set_phase("replanning")
+        review = await chat_structured(
+            "planner",
+            prompts.review_messages(
+                self._input.question, self._plan, self._ordered_findings(), self._input.max_steps
+            ),
+            parse_review,
+            attempts=self._input.max_plan_attempts,
+            summary=f"review plan v{self._plan.version}",
+            usage=self._usage,
+        )
+        if review.sufficient:
+            return []
+        return list(review.steps[: self._input.max_steps])
+
+    async def _write_report(self) -> str:
+        self._set_phase("reporting")
+        findings = self._ordered_findings()
+        sources = reporting.number_sources(findings)
+        reply = await chat(
+            "reporter",
+            prompts.report_messages(self._input.question, findings),
+            summary="write report",
+            usage=self._usage,
+        )
+        return (
+            reply.content.rstrip()
+            + "\n"
+            + reporting.artifacts_section(findings)
+            + reporting.sources_section(sources)
+            + reporting.unfinished_section(self._plan)
+        )
+
+    async def _unless_aborted(self, work: Awaitable[T]) -> T:
+        """Run `work`, cancelling it as soon as an abort signal arrives (then raise _Aborted)."""
+        if self._abort is not None:
+            raise _Aborted()
+        task: asyncio.Future[T] = asyncio.ensure_future(work)
+        aborted: asyncio.Future[None] = asyncio.ensure_future(
+            workflow.wait_condition(lambda: self._abort is not None)
+        )
+        racers: list[asyncio.Future[Any]] = [task, aborted]
+        await workflow.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            aborted.cancel()
+            return task.result()
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, FailureError):
+            pass  # Cancellation surfaces as either, depending on what was running.
+        self._mark_unfinished("the run was aborted")
+        raise _Aborted()
+
+    # -- plan bookkeeping ----------------------------------------------------------------------
+
+    def _approval_settled(self, version: int) -> bool:
+        """Plan `version` was approved, revised, edited into a new version, or the run aborted."""
+        return (
+            self._abort is not None
+            or self._approved is not None
+            or self._changes is not None
+            or self._current_version() != version
+        )
+
+    def _current_version(self) -> int:
+        return self._plan.version if self._plan else 0
+
+    def _install_plan(
+        self, specs: Sequence[StepSpec], rationale: str, *, keep_completed: bool = False
+    ) -> Plan:
+        """Make a new plan version: completed steps stay as they were, `specs` become the rest."""
+        kept = (
+            [s for s in self._plan.steps if s.status in ("done", "failed")]
+            if keep_completed and self._plan
+            else []
+        )
+        kept_ids = {s.id for s in kept}
+        existing = {s.id: s for s in self._plan.steps} if self._plan else {}
+        steps = list(kept)
+        for spec in specs[: self._input.max_steps]:
+            if spec.id in kept_ids:
+                continue  # A completed step sent back unchanged by an editor.
+            if spec.id and spec.id in existing:
+                step_id = spec.id
+            else:
+                step_id = f"s{self._next_step}"
+                self._next_step += 1
+            steps.append(PlanStep(id=step_id, title=spec.title, kind=spec.kind, description=spec.description))
+        self._plan = Plan(version=self._current_version() + 1, steps=steps, rationale=rationale)
+        self._publish()
+        return self._plan
+
+    def _mark_unfinished(self, why: str) -> None:
+        for step in self._plan.steps if self._plan else []:
+            if step.status in ("pending", "running"):
+                step.status, step.error = "skipped", why
+
+    def _ordered_findings(self) -> list[Finding]:
+        steps = self._plan.steps if self._plan else []
+        return [self._findings[s.id] for s in steps if s.id in self._findings]
+
+    def _context(self) -> str:
+        return "\n\n".join(
+            f"{f.title}: {f.summary[:CONTEXT_CHARS_PER_FINDING]}" for f in self._ordered_findings()
+        )
+
+    def _set_phase(self, phase: Phase) -> None:
+        self._phase = phase
+        self._publish()
+
+    def _waiting_for(self) -> str | None:
+        if self._phase == "awaiting_approval" and self._plan is not None:
+            return f"approval of plan v{self._plan.version}"
+        return None
+
+    def _publish(self) -> None:
+        """Keep the Web UI's 'current details' in step with the state a person acts on."""
+        workflow.set_current_details(
+            render_details(
+                workflow.info().workflow_id,
+                self._phase,
+                self._plan,
+                self._usage,
+                self._waiting_for(),
+            )
+        )
+
+    # -- signals, update, query ----------------------------------------------------------------
+
+    def _is_current(self, what: str, version: int) -> bool:
+        if self._phase != "awaiting_approval" or self._plan is None:
+            workflow.logger.warning(
+                "ignored %s for plan v%d: the run is %s, not awaiting approval",
+                what,
+                version,
+                self._phase,
+            )
+            return False
+        if version != self._plan.version:
+            workflow.logger.warning(
+                "ignored %s for stale plan v%d: the current plan is v%d",
+                what,
+                version,
+                self._plan.version,
+            )
+            return False
+        return True
+
+    @workflow.signal(name=SIGNAL_APPROVE_PLAN)
+    def approve_plan(self, signal: ApprovePlan) -> None:
+        if self._is_current("approval", signal.plan_version):
+            self._approved = signal.plan_version
+
+    @workflow.signal(name=SIGNAL_REQUEST_CHANGES)
+    def request_changes(self, signal: RequestChanges) -> None:
+        if self._is_current("change request", signal.plan_version):
+            self._changes = signal
+
+    @workflow.signal(name=SIGNAL_ABORT)
+    def abort(self, signal: AbortRun) -> None:
+        if self._phase in ("done", "aborted", "failed"):
+            workflow.logger.warning("ignored abort: the run is already %s", self._phase)
+            return
+        if self._abort is None:
+            self._abort = signal
+
+    @workflow.update(name=UPDATE_EDIT_PLAN)
+    def edit_plan(self, edit: EditPlan) -> Plan:
+        return self._install_plan(edit.steps, "edited by a person", keep_completed=True)
+
+    @edit_plan.validator
+    def _validate_edit(self, edit: EditPlan) -> None:
+        if self._phase != "awaiting_approval" or self._plan is None:
+            raise ValueError(
+                f"the plan can be edited only while it awaits approval; the run is {self._phase}"
+            )
+        if edit.plan_version != self._plan.version:
+            raise ValueError(f"plan v{edit.plan_version} is stale: the current plan is v{self._plan.version}")
+        if not edit.steps:
+            raise ValueError("an edited plan needs at least one step")
+        if len(edit.steps) > self._input.max_steps:
+            raise ValueError(
+                f"an edited plan has at most {self._input.max_steps} steps; this one has {len(edit.steps)}"
+            )
+        current = {s.id: s for s in self._plan.steps}
+        seen: set[str] = set()
+        for spec in edit.steps:
+            if spec.id is None:
+                continue
+            if spec.id in seen:
+                raise ValueError(f"step id {spec.id} appears twice")
+            seen.add(spec.id)
+            step = current.get(spec.id)
+            if step is None:
+                raise ValueError(f"unknown step id {spec.id}; leave the id out for a new step")
+            if step.status in ("done", "failed") and (spec.title, spec.kind) != (step.title, step.kind):
+                raise ValueError(f"step {spec.id} has already run and cannot be changed")
+
+    @workflow.query(name=QUERY_STATUS)
+    def status(self) -> RunStatus:
+        return RunStatus(
+            phase=self._phase,
+            question=self._input.question,
+            plan=self._plan,
+            plan_iterations=self._iterations,
+            usage=self._usage,
+            waiting_for=self._waiting_for(),
+            report_path=self._report_path,
+            error=self._error,
+            aborted_reason=self._abort.reason if self._abort else None,
+        )
