@@ -2,7 +2,8 @@
 
 Configuration comes from the environment (see common/config.py); keys, the Docker client and the
 sandbox pool are built here, once, and handed to activity objects, so they never travel through
-Temporal.
+Temporal. Observability is wired here too: tracing rides on the client (client/connection.py), and
+CAIRN_METRICS_PORT gives this process's Temporal runtime a Prometheus endpoint.
 """
 
 from __future__ import annotations
@@ -12,16 +13,20 @@ import logging
 import signal
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.llm import LLMActivities
 from activities.reports import ReportActivities
 from activities.sandbox import SandboxActivities
+from activities.telemetry import Telemetry
 from client.connection import connect
-from common.config import LLMConfig, TemporalConfig, cairn_home
+from common.config import LLMConfig, TemporalConfig, cairn_home, metrics_port
+from common.telemetry import shutdown_process_tracing
 from workflows.coder import CoderWorkflow
 from workflows.research import ResearchWorkflow
 from workflows.runner import workflow_runner
@@ -36,11 +41,16 @@ def build_worker(
     llm: LLMConfig | None = None,
     home: Path | None = None,
     sandbox: SandboxActivities | None = None,
+    **options: Any,
 ) -> Worker:
-    llm_activities = LLMActivities(llm or LLMConfig.from_env())
+    """`options` go to Worker as they are (tests use `max_cached_workflows=0` to force replays)."""
+    # Activities' own spans use the tracer of the client's interceptor, so they join the run's trace.
+    telemetry = Telemetry.for_client(client)
+    llm_activities = LLMActivities(llm or LLMConfig.from_env(), telemetry)
     reports = ReportActivities((home or cairn_home()) / "reports")
     # Connects to Docker lazily: a worker whose runs have no code steps never needs the engine.
     sandbox = sandbox or SandboxActivities()
+    sandbox.telemetry = telemetry
     return Worker(
         client,
         task_queue=task_queue,
@@ -48,13 +58,23 @@ def build_worker(
         activities=[llm_activities.chat, reports.save, sandbox.exec],
         workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=timedelta(seconds=10),
+        **options,
     )
+
+
+def metrics_runtime(port: int) -> Runtime:
+    """A Temporal runtime serving the SDK's metrics, and Cairn's counters recorded through
+    `activity.metric_meter()`, at http://127.0.0.1:<port>/metrics. One per process."""
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{port}")))
 
 
 async def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = TemporalConfig.from_env()
-    client = await connect(config)
+    port = metrics_port()
+    client = await connect(config, **({"runtime": metrics_runtime(port)} if port else {}))
+    if port:
+        log.info("metrics at http://127.0.0.1:%d/metrics", port)
     sandbox = SandboxActivities()
     try:
         await sandbox.start()  # Reaps containers a crashed worker left and fills the warm pool.
@@ -70,6 +90,7 @@ async def main() -> None:
             await stop.wait()
     finally:
         await sandbox.close()
+        shutdown_process_tracing()  # Export the spans still queued before the process ends.
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Temporal owns retries, so the client is built with `max_retries=0` and every provider error is
 translated here, at the edge, into an `ApplicationError` with a stable type: rate limits and server
 errors are retryable (honouring `Retry-After`), a bad request or bad credentials are not. The API key
-lives on this object, built once at worker start; it never appears in a request, a result or history.
+lives on this object, built once at worker start; it never appears in a request, a result, history or
+a span. Each call is a GenAI `chat <model>` span with tokens and cost, and counts in Cairn's metrics.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import with_heartbeats
+from activities.telemetry import Telemetry
 from common.config import LLMConfig
 from common.models import ChatMessage, ChatRequest, ChatResponse
 from common.names import LLM_CHAT
@@ -118,8 +120,9 @@ def _to_langchain(message: ChatMessage) -> BaseMessage:
 class LLMActivities:
     """Built once per worker; holds the provider clients so keys stay out of history."""
 
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LLMConfig, telemetry: Telemetry | None = None) -> None:
         self._config = config
+        self._telemetry = telemetry or Telemetry()
         self._clients: dict[str, ChatOpenAI] = {}
 
     def _client(self, model: str) -> ChatOpenAI:
@@ -144,17 +147,42 @@ class LLMActivities:
                 non_retryable=True,
             )
         model = self._config.model_for(request.role)
-        try:
-            reply = await with_heartbeats(
-                self._client(model).ainvoke([_to_langchain(m) for m in request.messages])
+        telemetry = self._telemetry
+        with telemetry.llm_call(model, request.role, request.purpose, self._config.base_url) as span:
+            try:
+                reply = await with_heartbeats(
+                    self._client(model).ainvoke([_to_langchain(m) for m in request.messages])
+                )
+            except openai.OpenAIError as err:
+                failure = translate_error(err, model)
+                telemetry.llm_failed(span, model=model, role=request.role, error_type=failure.type or "")
+                raise failure from err
+            usage = getattr(reply, "usage_metadata", None) or {}
+            content = reply.content if isinstance(reply.content, str) else str(reply.content)
+            response_model = str(reply.response_metadata.get("model_name") or model)
+            input_tokens = int(usage.get("input_tokens", 0))
+            output_tokens = int(usage.get("output_tokens", 0))
+            cost = self._config.cost((response_model, model), input_tokens, output_tokens)
+            telemetry.llm_done(
+                span,
+                model=model,
+                role=request.role,
+                response_model=response_model,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cost_usd=cost,
             )
-        except openai.OpenAIError as err:
-            raise translate_error(err, model) from err
-        usage = getattr(reply, "usage_metadata", None) or {}
-        content = reply.content if isinstance(reply.content, str) else str(reply.content)
+        activity.logger.info(
+            "%s: %s answered with %d input and %d output tokens",
+            request.purpose or "chat",
+            response_model,
+            input_tokens,
+            output_tokens,
+        )
         return ChatResponse(
             content=content,
-            model=str(reply.response_metadata.get("model_name") or model),
-            input_tokens=int(usage.get("input_tokens", 0)),
-            output_tokens=int(usage.get("output_tokens", 0)),
+            model=response_model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost,
         )

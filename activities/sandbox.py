@@ -22,10 +22,12 @@ import re
 from pathlib import Path
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.sandbox_config import SandboxConfig
 from activities.sandbox_engine import LABEL_ACTIVITY, LABEL_WORKFLOW
 from activities.sandbox_runner import SandboxRunner
+from activities.telemetry import Telemetry
 from common.names import SANDBOX_EXEC
 from common.sandbox_models import ExecRequest, ExecResult
 
@@ -37,8 +39,10 @@ def _safe(part: str) -> str:
 
 
 class SandboxActivities:
-    def __init__(self, config: SandboxConfig | None = None) -> None:
+    def __init__(self, config: SandboxConfig | None = None, telemetry: Telemetry | None = None) -> None:
         self.runner = SandboxRunner(config)
+        # build_worker replaces this with the worker client's tracer: only it knows the client.
+        self.telemetry = telemetry or Telemetry()
 
     @property
     def config(self) -> SandboxConfig:
@@ -57,12 +61,18 @@ class SandboxActivities:
     async def exec(self, req: ExecRequest) -> ExecResult:
         info = activity.info()
         step = req.step or f"activity-{info.activity_id}"
-        result = await self.runner.run(
-            req,
-            artifacts_dir=self.artifacts_dir(info.workflow_id or "no-workflow", step),
-            labels={LABEL_WORKFLOW: info.workflow_id or "", LABEL_ACTIVITY: info.activity_id},
-            # Heartbeats carry no details: the run is not resumable, a retry starts it afresh.
-            on_tick=activity.heartbeat,
-        )
+        with self.telemetry.sandbox_run(step) as span:
+            try:
+                result = await self.runner.run(
+                    req,
+                    artifacts_dir=self.artifacts_dir(info.workflow_id or "no-workflow", step),
+                    labels={LABEL_WORKFLOW: info.workflow_id or "", LABEL_ACTIVITY: info.activity_id},
+                    # Heartbeats carry no details: the run is not resumable, a retry starts it afresh.
+                    on_tick=activity.heartbeat,
+                )
+            except ApplicationError as err:
+                self.telemetry.sandbox_failed(span, err.type or "error")
+                raise
+            self.telemetry.sandbox_done(span, result)
         activity.logger.info("sandbox run: %s", result.summary())
         return result

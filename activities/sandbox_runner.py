@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.sandbox_config import MIB, SandboxConfig
@@ -158,7 +159,9 @@ class SandboxRunner:
             if not warm or err.type != ERR_ENGINE_UNAVAILABLE:
                 raise
             # A pooled container can die while idle (engine restart); one cold retry covers that.
-            log.warning("warm sandbox failed (%s); retrying in a fresh container", err)
+            # activity.logger: inside the activity it names the workflow, run and activity; outside
+            # (the CLI, the benchmark) it logs plainly.
+            activity.logger.warning("warm sandbox failed (%s); retrying in a fresh container", err)
             warm = False
             raw, cid = await self._run_in(None, request, host_timeout, labels or {}, on_tick)
         try:

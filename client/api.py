@@ -3,6 +3,10 @@
 Input is validated here, before anything reaches Temporal, so a person sees a clear error instead of a
 failed workflow. Signals carry the plan version they act on; when the caller gives none, the current
 version is read first and the run must be awaiting approval.
+
+Runs start with the CairnPhase and CairnOwner search attributes where the server has them registered
+(checked once per client), and without them where it has not: an unregistered attribute must never
+stop a run from starting.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.enums.v1 import EventType, IndexedValueType, PendingActivityState, TaskQueueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
@@ -24,10 +29,11 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from client.connection import connect
-from common.config import TemporalConfig
+from common.config import TemporalConfig, owner
 from common.models import (
     AbortRun,
     ApprovePlan,
@@ -42,11 +48,16 @@ from common.models import (
 from common.names import (
     QUERY_STATUS,
     RESEARCH_WORKFLOW,
+    SEARCH_ATTR_OWNER,
+    SEARCH_ATTR_PHASE,
     SIGNAL_ABORT,
     SIGNAL_APPROVE_PLAN,
     SIGNAL_REQUEST_CHANGES,
     UPDATE_EDIT_PLAN,
 )
+
+PHASE = SearchAttributeKey.for_keyword(SEARCH_ATTR_PHASE)
+OWNER = SearchAttributeKey.for_keyword(SEARCH_ATTR_OWNER)
 
 
 class CairnError(Exception):
@@ -85,10 +96,23 @@ class RunSummary:
     close_time: datetime | None
 
 
+@dataclass(frozen=True)
+class RunningActivity:
+    """An activity in flight in a run or one of its step workflows, as `cairn watch` shows it."""
+
+    workflow_id: str
+    activity_type: str
+    summary: str
+    attempt: int
+    started: bool
+
+
 class CairnClient:
-    def __init__(self, client: Client, task_queue: str) -> None:
+    def __init__(self, client: Client, task_queue: str, owner_name: str | None = None) -> None:
         self.temporal = client
         self.task_queue = task_queue
+        self.owner = owner_name or owner()
+        self._registered: set[str] | None = None
 
     @classmethod
     async def connect(cls, config: TemporalConfig | None = None) -> CairnClient:
@@ -98,11 +122,53 @@ class CairnClient:
     def _handle(self, workflow_id: str) -> WorkflowHandle[Any, Any]:
         return self.temporal.get_workflow_handle(workflow_id, result_type=ResearchResult)
 
+    async def registered_search_attributes(self) -> set[str]:
+        """Which of Cairn's search attributes the server knows; asked once per client. A server that
+        refuses to say (no permission for the operator API) counts as knowing none."""
+        if self._registered is None:
+            try:
+                response = await self.temporal.operator_service.list_search_attributes(
+                    ListSearchAttributesRequest(namespace=self.temporal.namespace)
+                )
+                known = set(response.custom_attributes)
+            except RPCError:
+                known = set()
+            self._registered = known & {SEARCH_ATTR_PHASE, SEARCH_ATTR_OWNER}
+        return self._registered
+
+    async def register_search_attributes(self) -> set[str]:
+        """Add whichever of Cairn's search attributes the server lacks. For a server Cairn owns (the
+        embedded one): its database may predate them, and the dev server's `--search-attribute`
+        registers them only when it creates a database."""
+        missing = {SEARCH_ATTR_PHASE, SEARCH_ATTR_OWNER} - await self.registered_search_attributes()
+        if missing:
+            keyword = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+            await self.temporal.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(
+                    namespace=self.temporal.namespace,
+                    search_attributes=dict.fromkeys(sorted(missing), keyword),
+                )
+            )
+            self._registered = None
+        return await self.registered_search_attributes()
+
     async def start(self, question: str, *, workflow_id: str | None = None, **options: Any) -> str:
         request = validated_input(question, **options)
         workflow_id = workflow_id or f"research-{uuid.uuid4().hex[:12]}"
+        registered = await self.registered_search_attributes()
+        pairs = [
+            SearchAttributePair(key, value)
+            for key, value in ((PHASE, "planning"), (OWNER, self.owner))
+            if key.name in registered
+        ]
         await self.temporal.start_workflow(
-            RESEARCH_WORKFLOW, request, id=workflow_id, task_queue=self.task_queue
+            RESEARCH_WORKFLOW,
+            request,
+            id=workflow_id,
+            task_queue=self.task_queue,
+            search_attributes=TypedSearchAttributes(pairs) if pairs else None,
+            # The Web UI's workflow list and page show this line: the question, not just an id.
+            static_summary=request.question[:200],
         )
         return workflow_id
 
@@ -162,6 +228,44 @@ class CairnClient:
 
     async def describe_status(self, workflow_id: str) -> WorkflowExecutionStatus | None:
         return (await self._handle(workflow_id).describe()).status
+
+    async def running_activities(self, workflow_id: str) -> list[RunningActivity]:
+        """The activities in flight now, in the run and in its running step workflows, each with the
+        summary its workflow gave it (`plan v2`, `run code: step s3`)."""
+        running: list[RunningActivity] = []
+        pending_workflows = [workflow_id]
+        while pending_workflows:
+            wid = pending_workflows.pop(0)
+            raw = (await self.temporal.get_workflow_handle(wid).describe()).raw_description
+            pending_workflows += [c.workflow_id for c in raw.pending_children]
+            if not raw.pending_activities:
+                continue
+            summaries = await self._activity_summaries(wid)
+            for pending in raw.pending_activities:
+                running.append(
+                    RunningActivity(
+                        workflow_id=wid,
+                        activity_type=pending.activity_type.name,
+                        summary=summaries.get(pending.activity_id, ""),
+                        attempt=pending.attempt,
+                        started=pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED,
+                    )
+                )
+        return running
+
+    async def _activity_summaries(self, workflow_id: str) -> dict[str, str]:
+        """activity id -> summary, read from the workflow's scheduled-activity events (the summary is
+        user metadata of the event; the describe call does not carry it)."""
+        summaries: dict[str, str] = {}
+        converter = self.temporal.data_converter  # Applies a codec, if the client has one.
+        async for event in self.temporal.get_workflow_handle(workflow_id).fetch_history_events():
+            if event.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                continue
+            if not event.user_metadata.HasField("summary"):
+                continue
+            activity_id = event.activity_task_scheduled_event_attributes.activity_id
+            summaries[activity_id] = str((await converter.decode([event.user_metadata.summary], [str]))[0])
+        return summaries
 
     async def list(self, limit: int = 20) -> list[RunSummary]:
         runs = []

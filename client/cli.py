@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from rich.console import Console
 
 from client.api import CairnClient, CairnError, validated_input
 from client.embedded import Embedded, EmbeddedError, port_open
 from client.sandbox_cli import add_sandbox_commands
+from client.watch import watch
 from common.config import ConfigError, LLMConfig, TemporalConfig
 from common.models import RunStatus
+from common.telemetry import shutdown_process_tracing
+from workflows.details import spend
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -59,9 +63,12 @@ async def _connect(start_embedded: bool = False) -> CairnClient:
                 "or set TEMPORAL_ADDRESS to your server"
             )
     try:
-        return await CairnClient.connect(config)
+        cairn = await CairnClient.connect(config)
     except RuntimeError as err:
         raise CairnError(f"cannot reach Temporal at {config.address}: {err}") from None
+    if start_embedded and not config.explicit:
+        await cairn.register_search_attributes()  # Our own server: make runs filterable.
+    return cairn
 
 
 def render_status(workflow_id: str, status: RunStatus) -> str:
@@ -72,8 +79,7 @@ def render_status(workflow_id: str, status: RunStatus) -> str:
             lines.append(f"  {step.id:>4} [{step.status:^8}] {step.title} ({step.kind})")
             if step.error:
                 lines.append(f"       {step.error}")
-    u = status.usage
-    lines.append(f"Usage: {u.llm_calls} LLM calls, {u.input_tokens} input / {u.output_tokens} output tokens")
+    lines.append(f"Spend: {spend(status.usage)}")
     if status.waiting_for:
         lines.append(f"Waiting for {status.waiting_for}:")
         lines.append(f"  cairn approve {workflow_id}")
@@ -181,6 +187,12 @@ async def cmd_abort(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_watch(args: argparse.Namespace) -> int:
+    cairn = await _connect()
+    await cairn.status(args.id)  # A clear "no run with id" before anything is drawn.
+    return await watch(cairn, args.id, Console(highlight=False), interval=args.interval)
+
+
 async def cmd_report(args: argparse.Namespace) -> int:
     cairn = await _connect()
     status = await cairn.status(args.id)
@@ -265,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("report", cmd_report, "print a finished run's report"),
     ):
         command(name, handler, help_text).add_argument("id")
+    watch_cmd = command("watch", cmd_watch, "follow a run's progress live until it ends")
+    watch_cmd.add_argument("id")
+    watch_cmd.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
     abort = command("abort", cmd_abort, "stop a run; a partial report is written")
     abort.add_argument("id")
     abort.add_argument("--reason", default="aborted by a person")
@@ -293,6 +308,7 @@ def entry() -> None:
     native runtime threads can still hold callbacks then, and Python aborts ("PyGILState_Release")
     when they fire during shutdown. Everything worth keeping is flushed first."""
     code = main()
+    shutdown_process_tracing()  # os._exit skips atexit: export the command's spans first.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -1,7 +1,9 @@
 """One way to reach Temporal, shared by the worker, the Python API and the CLI.
 
 Both sides must use the same data converter (pydantic), or payloads written by one are unreadable by
-the other; that is why connecting lives here and nowhere else.
+the other; that is why connecting lives here and nowhere else. Tracing is attached here for the same
+reason: the client that starts a run and the worker built on a client must carry the same interceptor,
+or a run's spans split into several traces.
 """
 
 from __future__ import annotations
@@ -12,10 +14,18 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from common.config import TemporalConfig
+from common.telemetry import process_tracing
 
 
 async def connect(config: TemporalConfig | None = None, **overrides: Any) -> Client:
+    """Connect with Cairn's converter. With `OTEL_*` tracing configured, the SDK's TracingInterceptor
+    goes on the client, and workers built on it inherit it (never add it to a worker as well: every
+    span would appear twice). `interceptors=` or `runtime=` in `overrides` replace the defaults."""
     config = config or TemporalConfig.from_env()
     options: dict[str, Any] = dict(config.connect)
+    if "interceptors" not in overrides:
+        tracing = process_tracing()
+        if tracing is not None:
+            options["interceptors"] = [tracing.interceptor]
     options.update(overrides)
     return await Client.connect(data_converter=pydantic_data_converter, **options)

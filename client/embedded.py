@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import EMBEDDED_HOST, cairn_home, embedded_ports
+from common.names import SEARCH_ATTR_OWNER, SEARCH_ATTR_PHASE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,11 +54,26 @@ LATENCY_TUNING = [
     "journal_mode=wal",
 ]
 
+# Cairn's search attributes, so runs can be filtered in the Web UI and with `temporal workflow list
+# --query`. The dev server registers them only when it creates its database; for an older database,
+# `cairn dev` and `cairn research` add them through the operator API (CairnClient.register_search_attributes).
+SEARCH_ATTRIBUTES = [
+    "--search-attribute",
+    f"{SEARCH_ATTR_PHASE}=Keyword",
+    "--search-attribute",
+    f"{SEARCH_ATTR_OWNER}=Keyword",
+]
+
 
 def dev_server_command(
-    db_file: Path, port: int, ui_port: int | None, extra: list[str] | None = None
+    db_file: Path,
+    port: int,
+    ui_port: int | None,
+    extra: list[str] | None = None,
+    search_attributes: bool = True,
 ) -> list[str]:
-    """The one command line for a dev server, shared by `cairn dev`, the tests and the benchmarks."""
+    """The one command line for a dev server, shared by `cairn dev`, the tests and the benchmarks.
+    `search_attributes=False` is for tests of a server that lacks Cairn's search attributes."""
     command = [
         temporal_binary(),
         "server",
@@ -72,7 +88,7 @@ def dev_server_command(
         "warn",
     ]
     command += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
-    return command + LATENCY_TUNING + (extra or [])
+    return command + LATENCY_TUNING + (SEARCH_ATTRIBUTES if search_attributes else []) + (extra or [])
 
 
 def port_open(port: int, host: str = EMBEDDED_HOST, timeout: float = 0.5) -> bool:

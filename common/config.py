@@ -7,6 +7,8 @@ workflow input, an activity payload or history.
 
 from __future__ import annotations
 
+import getpass
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,6 +60,58 @@ def embedded_ports(env: Mapping[str, str] | None = None) -> tuple[int, int]:
     return _int(env, "CAIRN_DEV_PORT", EMBEDDED_PORT), _int(env, "CAIRN_DEV_UI_PORT", EMBEDDED_UI_PORT)
 
 
+def metrics_port(env: Mapping[str, str] | None = None) -> int | None:
+    """CAIRN_METRICS_PORT: where the worker serves Prometheus metrics on 127.0.0.1; unset means none."""
+    env = os.environ if env is None else env
+    port = _int(env, "CAIRN_METRICS_PORT", 0)
+    return port or None
+
+
+def owner(env: Mapping[str, str] | None = None) -> str:
+    """Who starts runs (the CairnOwner search attribute): CAIRN_OWNER, else the OS user."""
+    env = os.environ if env is None else env
+    if env.get("CAIRN_OWNER"):
+        return env["CAIRN_OWNER"]
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # A container user with no passwd entry and no LOGNAME.
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """US dollars per million tokens."""
+
+    input: float
+    output: float
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input + output_tokens * self.output) / 1_000_000
+
+
+def model_prices(env: Mapping[str, str]) -> dict[str, ModelPrice]:
+    """CAIRN_MODEL_PRICES: `{"model": {"input": usd_per_million, "output": usd_per_million}}`.
+
+    Prices are configuration, not code, because they change and self-hosted models cost what their
+    owner says. A model with no price costs 0 in spans, metrics and a run's spend."""
+    raw = env.get("CAIRN_MODEL_PRICES")
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return {
+            str(model): ModelPrice(input=float(price["input"]), output=float(price["output"]))
+            for model, price in data.items()
+        }
+    except (ValueError, TypeError, KeyError) as err:
+        raise ConfigError(
+            f'CAIRN_MODEL_PRICES must be JSON like {{"gpt-4o-mini": {{"input": 0.15, "output": 0.6}}}} '
+            f"(USD per million tokens): {err}"
+        ) from err
+
+
 @dataclass(frozen=True)
 class LLMConfig:
     """How the worker reaches an OpenAI-compatible server. Lives on the worker only."""
@@ -66,6 +120,16 @@ class LLMConfig:
     base_url: str | None
     models: dict[str, str] = field(default_factory=dict)
     request_timeout_seconds: float = 120.0
+    prices: dict[str, ModelPrice] = field(default_factory=dict)
+
+    def cost(self, models: tuple[str, ...], input_tokens: int, output_tokens: int) -> float:
+        """The call's cost from the first of `models` (response model, then request model) with a
+        price; 0 when none has one."""
+        for model in models:
+            price = self.prices.get(model)
+            if price is not None:
+                return price.cost(input_tokens, output_tokens)
+        return 0.0
 
     @property
     def configured(self) -> bool:
@@ -87,6 +151,7 @@ class LLMConfig:
             base_url=env.get("OPENAI_BASE_URL") or None,
             models=models,
             request_timeout_seconds=_float(env, "CAIRN_LLM_TIMEOUT", 120.0),
+            prices=model_prices(env),
         )
 
     def require(self) -> None:

@@ -36,9 +36,18 @@ TimeoutPolicy = Literal["approve", "abort"]
 
 
 class _Strict(BaseModel):
-    """Unknown fields are an error: a typo in a signal must not be silently ignored."""
+    """For what people write (the run's input, signals, the plan edit): an unknown field is an error,
+    so a typo ("plan_verison") is refused instead of silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class _Payload(BaseModel):
+    """For what Cairn itself writes and reads back (results, statuses, activity payloads): unknown
+    fields are ignored, so an older worker or client can still read what a newer one wrote during a
+    rolling upgrade."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -94,7 +103,7 @@ class StepSpec(_Strict):
         return value.strip()
 
 
-class PlanStep(_Strict):
+class PlanStep(_Payload):
     id: str
     title: str
     kind: StepKind = "research"
@@ -103,24 +112,27 @@ class PlanStep(_Strict):
     error: str | None = None
 
 
-class Plan(_Strict):
+class Plan(_Payload):
     version: int
     steps: list[PlanStep]
     rationale: str = ""
 
 
-class Usage(_Strict):
+class Usage(_Payload):
     llm_calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    # US dollars, from the worker's CAIRN_MODEL_PRICES; models with no price count 0.
+    cost_usd: float = 0.0
 
     def add(self, other: Usage) -> None:
         self.llm_calls += other.llm_calls
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
+        self.cost_usd += other.cost_usd
 
 
-class Source(_Strict):
+class Source(_Payload):
     """Something a finding rests on: a URL or a path of the user's documents."""
 
     id: str
@@ -129,7 +141,7 @@ class Source(_Strict):
     path: str | None = None
 
 
-class Finding(_Strict):
+class Finding(_Payload):
     step_id: str
     title: str
     summary: str
@@ -139,7 +151,7 @@ class Finding(_Strict):
     artifacts: list[Artifact] = Field(default_factory=list)
 
 
-class ResearchResult(_Strict):
+class ResearchResult(_Payload):
     workflow_id: str
     question: str
     report: str
@@ -151,7 +163,7 @@ class ResearchResult(_Strict):
     plan: Plan | None = None
 
 
-class RunStatus(_Strict):
+class RunStatus(_Payload):
     """What the `status` query answers."""
 
     phase: Phase
@@ -201,25 +213,26 @@ class EditPlan(_Strict):
 # Activities and child workflows.
 
 
-class ChatMessage(_Strict):
+class ChatMessage(_Payload):
     role: Literal["system", "user", "assistant"]
     content: str
 
 
-class ChatRequest(_Strict):
+class ChatRequest(_Payload):
     role: Role
     messages: list[ChatMessage]
     purpose: str = ""
 
 
-class ChatResponse(_Strict):
+class ChatResponse(_Payload):
     content: str
     model: str
     input_tokens: int = 0
     output_tokens: int = 0
+    cost_usd: float = 0.0
 
 
-class StepInput(_Strict):
+class StepInput(_Payload):
     question: str
     step: PlanStep
     context: str = ""
@@ -227,10 +240,10 @@ class StepInput(_Strict):
     max_code_fixes: int = 2
 
 
-class SaveReport(_Strict):
+class SaveReport(_Payload):
     workflow_id: str
     markdown: str
 
 
-class SavedReport(_Strict):
+class SavedReport(_Payload):
     path: str

@@ -25,3 +25,19 @@ SIGNAL_REQUEST_CHANGES: Final = "request_changes"
 SIGNAL_ABORT: Final = "abort"
 UPDATE_EDIT_PLAN: Final = "edit_plan"
 QUERY_STATUS: Final = "status"
+
+# Custom search attributes (Keyword), registered by `cairn dev` (client/embedded.py) and filterable in
+# the Web UI and with `temporal workflow list --query "CairnPhase='awaiting_approval'"`.
+SEARCH_ATTR_PHASE: Final = "CairnPhase"
+SEARCH_ATTR_OWNER: Final = "CairnOwner"
+
+# Cairn's own metrics, on the worker's Prometheus endpoint beside the SDK's `temporal_*` ones. Each also
+# carries the SDK's namespace, task_queue and activity_type attributes. Public interface: dashboards
+# and alerts name them, so never rename one.
+METRIC_LLM_CALLS: Final = "cairn_llm_calls"  # counter; model, role, outcome (ok or error type)
+METRIC_LLM_INPUT_TOKENS: Final = "cairn_llm_input_tokens"  # counter; model, role
+METRIC_LLM_OUTPUT_TOKENS: Final = "cairn_llm_output_tokens"  # counter; model, role
+METRIC_LLM_COST: Final = "cairn_llm_cost_usd"  # float histogram of per-call cost; _sum is the spend
+METRIC_SEARCHES: Final = "cairn_searches"  # counter; provider, outcome
+METRIC_PAGE_FETCHES: Final = "cairn_page_fetches"  # counter; outcome
+METRIC_SANDBOX_RUNS: Final = "cairn_sandbox_runs"  # counter; outcome

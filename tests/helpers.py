@@ -1,10 +1,11 @@
-"""Small helpers the tests share: waiting on a run's phase and reading its history."""
+"""Small helpers the tests share: waiting on a run's phase, reading its history, scraping metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 
@@ -66,3 +67,28 @@ async def run(
     if check and code != 0:
         raise AssertionError(f"{command} exited {code}\nstdout: {out.decode()}\nstderr: {err.decode()}")
     return code, out.decode(), err.decode()
+
+
+Sample = tuple[str, dict[str, str], float]
+
+
+def parse_prometheus(text: str) -> list[Sample]:
+    """`name{a="x",b="y"} value` lines of the Prometheus text format (no escapes in Cairn's labels)."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, value = line.rsplit(" ", 1)
+        name, _, rest = head.partition("{")
+        labels = dict(
+            (k, v.strip('"')) for k, v in (p.split("=", 1) for p in rest.rstrip("}").split(",") if "=" in p)
+        )
+        samples.append((name, labels, float(value)))
+    return samples
+
+
+async def scrape(port: int) -> list[Sample]:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    response.raise_for_status()
+    return parse_prometheus(response.text)

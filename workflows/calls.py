@@ -55,6 +55,7 @@ async def chat(role: Role, messages: list[ChatMessage], summary: str, usage: Usa
             llm_calls=1,
             input_tokens=response.input_tokens,
             output_tokens=response.output_tokens,
+            cost_usd=response.cost_usd,
         )
     )
     return response

@@ -1,8 +1,8 @@
 """The markdown a run shows as its 'current details' in the Temporal Web UI and `temporal workflow describe`.
 
 Pure and deterministic: it is computed inside the workflow from state alone. It always names the phase,
-the plan with each step's status, the spend so far and, when the run waits for a person, the exact
-command that acts.
+what the run is doing or waiting for, the plan with each step's status and the spend so far and, when
+the run waits for a person, the exact command that acts.
 """
 
 from __future__ import annotations
@@ -10,6 +10,32 @@ from __future__ import annotations
 from common.models import Plan, Usage
 
 _MARKS = {"pending": "[ ]", "running": "[~]", "done": "[x]", "failed": "[!]", "skipped": "[-]"}
+
+
+def _doing(workflow_id: str, phase: str, plan: Plan | None) -> str | None:
+    """One line on what the run waits for when no person is needed."""
+    if phase == "planning":
+        return "the planner, drafting the plan"
+    if phase == "researching" and plan is not None:
+        running = [s.id for s in plan.steps if s.status == "running"]
+        pending = [s.id for s in plan.steps if s.status == "pending"]
+        text = f"steps {', '.join(running)} (running)" if running else "the next step"
+        return text + (f"; {len(pending)} more queued" if pending else "")
+    if phase == "replanning":
+        return "the planner, reviewing the findings"
+    if phase == "reporting":
+        return "the reporter, writing the report"
+    if phase in ("done", "aborted"):
+        return f"nothing: the {'partial ' if phase == 'aborted' else ''}report is ready, `cairn report {workflow_id}`"
+    return None
+
+
+def spend(usage: Usage) -> str:
+    calls = "1 LLM call" if usage.llm_calls == 1 else f"{usage.llm_calls} LLM calls"
+    return (
+        f"{calls}, {usage.input_tokens:,} input and {usage.output_tokens:,} output tokens, "
+        f"${usage.cost_usd:.4f}"
+    )
 
 
 def render_details(
@@ -23,14 +49,14 @@ def render_details(
             f'(or `cairn revise {workflow_id} "feedback"`, `cairn edit {workflow_id} plan.json`, '
             f"`cairn abort {workflow_id}`)",
         ]
+    else:
+        doing = _doing(workflow_id, phase, plan)
+        if doing:
+            lines += ["", f"**Waiting for:** {doing}"]
     if plan is not None:
         lines += ["", f"**Plan v{plan.version}**", ""]
         lines += [
             f"- {_MARKS.get(s.status, '[?]')} `{s.id}` {s.title} ({s.kind}, {s.status})" for s in plan.steps
         ]
-    lines += [
-        "",
-        f"**Spend:** {usage.llm_calls} LLM calls, {usage.input_tokens} input and "
-        f"{usage.output_tokens} output tokens",
-    ]
+    lines += ["", f"**Spend:** {spend(usage)}"]
     return "\n".join(lines)

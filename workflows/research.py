@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         QUERY_STATUS,
         REPORT_SAVE,
         RESEARCH_WORKFLOW,
+        SEARCH_ATTR_PHASE,
         SIGNAL_ABORT,
         SIGNAL_APPROVE_PLAN,
         SIGNAL_REQUEST_CHANGES,
@@ -55,6 +56,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.details import render_details
 
 T = TypeVar("T")
+
+PHASE_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTR_PHASE)
 
 CONTEXT_CHARS_PER_FINDING = 1500
 
@@ -95,6 +98,11 @@ class ResearchWorkflow:
         self._report_path: str | None = None
         self._error: str | None = None
         self._failed_while = "starting"
+        # CairnPhase is kept in step only when the run started with it: the client sets it only where
+        # the server has it registered, and upserting an unregistered attribute fails the workflow task.
+        # Runs started without it (older runs, `temporal workflow start`) make no upserts at all, so
+        # their histories replay unchanged.
+        self._indexed_phase: str | None = workflow.info().typed_search_attributes.get(PHASE_KEY)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -359,6 +367,9 @@ class ResearchWorkflow:
     def _set_phase(self, phase: Phase) -> None:
         self._phase = phase
         self._publish()
+        if self._indexed_phase is not None and self._indexed_phase != phase:
+            workflow.upsert_search_attributes([PHASE_KEY.value_set(phase)])
+            self._indexed_phase = phase
 
     def _waiting_for(self) -> str | None:
         if self._phase == "awaiting_approval" and self._plan is not None:

@@ -1,0 +1,27 @@
+"""Payload evolution rules: people's input refuses unknown fields; Cairn's own payloads tolerate them."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from common.models import ApprovePlan, EditPlan, ResearchInput, ResearchResult, RunStatus, Usage
+
+
+def test_people_input_refuses_typos() -> None:
+    with pytest.raises(ValidationError, match="plan_verison"):
+        ApprovePlan.model_validate({"plan_verison": 1})
+    with pytest.raises(ValidationError, match="auto_aprove"):
+        ResearchInput.model_validate({"question": "q", "auto_aprove": True})
+    with pytest.raises(ValidationError, match="tittle"):
+        EditPlan.model_validate({"plan_version": 1, "steps": [{"title": "t", "tittle": "x"}]})
+
+
+def test_a_newer_writers_payload_is_readable() -> None:
+    """A field added by a newer worker must not break an older reader in a rolling upgrade."""
+    status = RunStatus.model_validate(
+        {"phase": "done", "question": "q", "usage": {"llm_calls": 2, "added_later": 1}, "new_field": "x"}
+    )
+    assert status.usage == Usage(llm_calls=2)
+    result = ResearchResult.model_validate({"workflow_id": "w", "question": "q", "report": "r", "extra": 1})
+    assert result.report == "r"
