@@ -35,6 +35,14 @@ from workflows.step import StepWorkflow
 log = logging.getLogger("cairn.worker")
 
 
+# Every plan step is a new child workflow, whose first task comes from the normal (not the sticky)
+# queue; the SDK's default gives that queue one poller in five.
+POLLER_TUNING: dict[str, Any] = {
+    "max_concurrent_workflow_task_polls": 10,
+    "nonsticky_to_sticky_poll_ratio": 1.0,
+}
+
+
 def build_worker(
     client: Client,
     task_queue: str,
@@ -58,7 +66,7 @@ def build_worker(
         activities=[llm_activities.chat, reports.save, sandbox.exec],
         workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=timedelta(seconds=10),
-        **options,
+        **{**POLLER_TUNING, **options},
     )
 
 

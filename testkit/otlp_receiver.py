@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -18,6 +18,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from testkit.loopback import LoopbackServer
 
 
 @dataclass(frozen=True)
@@ -49,14 +51,13 @@ def _attributes(items: Any) -> dict[str, Any]:
 class OTLPReceiver:
     spans: list[ReceivedSpan] = field(default_factory=list)
     requests: int = 0
-    _server: ThreadingHTTPServer | None = None
+    _http: LoopbackServer = field(default_factory=LoopbackServer)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def endpoint(self) -> str:
         """The base endpoint, as OTEL_EXPORTER_OTLP_ENDPOINT takes it (the exporter adds /v1/traces)."""
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._http.url
 
     def start(self) -> OTLPReceiver:
         receiver = self
@@ -82,15 +83,11 @@ class OTLPReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._http.serve(Handler, name="otlp-receiver")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._http.shutdown()
 
     def _add(self, request: ExportTraceServiceRequest) -> None:
         received = []

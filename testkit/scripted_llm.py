@@ -19,8 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from testkit.loopback import LoopbackServer
 
 Reply = Callable[[list[dict[str, str]]], str]
 
@@ -140,7 +142,7 @@ class ScriptedLLM:
     requests: list[Recorded] = field(default_factory=list)
     _faults: list[Fault] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: ThreadingHTTPServer | None = None
+    _http: LoopbackServer = field(default_factory=LoopbackServer)
 
     # -- scripting -----------------------------------------------------------------------------
 
@@ -181,20 +183,14 @@ class ScriptedLLM:
 
     @property
     def base_url(self) -> str:
-        assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return f"{self._http.url}/v1"
 
     def start(self) -> ScriptedLLM:
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler_for(self))
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="scripted-llm").start()
+        self._http.serve(_handler_for(self), self.port, name="scripted-llm")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._http.shutdown()
 
     def respond(self, body: dict[str, Any], authorization: str) -> tuple[int, dict[str, str], dict[str, Any]]:
         messages = body.get("messages") or []

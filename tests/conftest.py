@@ -3,6 +3,8 @@ OpenAI-compatible server on loopback and a worker on a task queue of its own."""
 
 from __future__ import annotations
 
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -49,6 +51,28 @@ def llm_config(llm: ScriptedLLM, api_key: str = SENTINEL_KEY) -> LLMConfig:
 @pytest.fixture
 def task_queue() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+CAIRN = str(Path(sys.executable).parent / "cairn")
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """A clean environment: nothing of the test process's Temporal or LLM settings leaks in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "OPENAI_", "CAIRN_"))}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def env(dev_server: DevServer, cairn: CairnClient, llm: ScriptedLLM, tmp_path: Path) -> dict[str, str]:
+    """The environment of a `cairn` subprocess that talks to this test's server, worker and LLM."""
+    return cli_env(
+        TEMPORAL_ADDRESS=dev_server.address,
+        CAIRN_TASK_QUEUE=cairn.task_queue,
+        OPENAI_BASE_URL=llm.base_url,
+        OPENAI_API_KEY=SENTINEL_KEY,
+        CAIRN_HOME=str(tmp_path),
+    )
 
 
 @pytest.fixture

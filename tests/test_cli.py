@@ -3,37 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
-import pytest
-
 from client.api import CairnClient
-from testkit.dev_server import DevServer, free_port
+from testkit.dev_server import free_port
 from testkit.scripted_llm import ScriptedLLM
-from tests.conftest import SENTINEL_KEY
+from tests.conftest import CAIRN, SENTINEL_KEY, cli_env
 from tests.helpers import run, wait_for
-
-CAIRN = str(Path(sys.executable).parent / "cairn")
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    """A clean environment: nothing of the test process's Temporal or LLM settings leaks in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "OPENAI_", "CAIRN_"))}
-    env.update(extra)
-    return env
-
-
-@pytest.fixture
-def env(dev_server: DevServer, cairn: CairnClient, llm: ScriptedLLM, tmp_path: Path) -> dict[str, str]:
-    return cli_env(
-        TEMPORAL_ADDRESS=dev_server.address,
-        CAIRN_TASK_QUEUE=cairn.task_queue,
-        OPENAI_BASE_URL=llm.base_url,
-        OPENAI_API_KEY=SENTINEL_KEY,
-        CAIRN_HOME=str(tmp_path),
-    )
 
 
 async def test_research_wait_json_prints_the_result(env: dict[str, str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from temporalio.api.enums.v1 import EventType
@@ -83,3 +84,18 @@ async def test_a_failed_step_is_reported_not_hidden(cairn: CairnClient, llm: Scr
     assert result.plan is not None
     assert sorted(s.status for s in result.plan.steps) == ["done", "failed"]
     assert "## Steps not completed" in result.report and "400" in result.report
+
+
+async def test_a_failed_run_keeps_its_findings_in_a_partial_report(
+    cairn: CairnClient, llm: ScriptedLLM
+) -> None:
+    """Nothing is lost: when the reporter's model refuses for good, the findings are saved anyway."""
+    llm.fail_next(400, role="reporter")
+    wid = await cairn.start("Reporter refuses [steps=2]", auto_approve=True)
+    with pytest.raises(CairnError, match="while reporting"):
+        await cairn.result(wid)
+    status = await wait_for(cairn, wid, "failed")
+    assert status.report_path is not None
+    saved = Path(status.report_path).read_text()
+    assert saved.startswith("# Partial report (failed): Reporter refuses")
+    assert saved.count("Finding for 'Investigate aspect") == 2 and "400" in saved

@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
-import pytest
 from rich.console import Console
 
 from client.api import CairnClient, RunningActivity
 from client.watch import Snapshot, render
 from common.models import Plan, PlanStep, RunStatus, Usage
-from testkit.dev_server import DevServer
 from testkit.scripted_llm import ScriptedLLM
-from tests.conftest import SENTINEL_KEY
+from tests.conftest import CAIRN
 from tests.helpers import run, wait_for
-from tests.test_cli import CAIRN, cli_env
-
-
-@pytest.fixture
-def env(dev_server: DevServer, cairn: CairnClient, llm: ScriptedLLM, tmp_path: Path) -> dict[str, str]:
-    return cli_env(
-        TEMPORAL_ADDRESS=dev_server.address,
-        CAIRN_TASK_QUEUE=cairn.task_queue,
-        OPENAI_BASE_URL=llm.base_url,
-        OPENAI_API_KEY=SENTINEL_KEY,
-        CAIRN_HOME=str(tmp_path),
-    )
 
 
 def test_the_terminal_view_has_bars_steps_activity_and_spend() -> None:

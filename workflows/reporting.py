@@ -56,12 +56,15 @@ def unfinished_section(plan: Plan | None) -> str:
     return "\n\n## Steps not completed\n\n" + "\n".join(lines) + "\n"
 
 
-def partial_report(question: str, reason: str, plan: Plan | None, findings: list[Finding]) -> str:
+def partial_report(
+    question: str, reason: str, plan: Plan | None, findings: list[Finding], *, outcome: str = "aborted"
+) -> str:
+    """The report of a run that ended early (`outcome` "aborted" or "failed"): what was found, unedited."""
     done = len(findings)
     total = len(plan.steps) if plan else 0
     parts = [
-        f"# Partial report (aborted): {question}",
-        f"> This run was aborted{': ' + reason if reason else ''}. "
+        f"# Partial report ({outcome}): {question}",
+        f"> This run {outcome}{': ' + reason if reason else ''}. "
         f"{done} of {total} steps had completed; their findings follow unedited.",
     ]
     for finding in findings:

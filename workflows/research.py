@@ -112,21 +112,14 @@ class ResearchWorkflow:
             report = await self._research()
         except FailureError as err:
             self._error = _root_message(err)
+            await self._keep_what_was_found()
             self._set_phase("failed")
             raise ApplicationError(
                 f"research failed while {self._failed_while}: {self._error}",
                 type="ResearchFailed",
                 non_retryable=True,
             ) from err
-        saved = await workflow.execute_activity(
-            REPORT_SAVE,
-            SaveReport(workflow_id=workflow.info().workflow_id, markdown=report),
-            result_type=SavedReport,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_attempts=5),
-            summary="save report",
-        )
-        self._report_path = saved.path
+        self._report_path = (await self._save(report)).path
         self._set_phase("aborted" if self._abort else "done")
         await workflow.wait_condition(workflow.all_handlers_finished)
         return ResearchResult(
@@ -137,9 +130,37 @@ class ResearchWorkflow:
             usage=self._usage,
             aborted=self._abort is not None,
             abort_reason=self._abort.reason if self._abort else None,
-            report_path=saved.path,
+            report_path=self._report_path,
             plan=self._plan,
         )
+
+    async def _save(self, markdown: str) -> SavedReport:
+        return await workflow.execute_activity(
+            REPORT_SAVE,
+            SaveReport(workflow_id=workflow.info().workflow_id, markdown=markdown),
+            result_type=SavedReport,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=5),
+            summary="save report",
+        )
+
+    async def _keep_what_was_found(self) -> None:
+        """A failed run (a dead LLM, say) still leaves its findings in a partial report on disk; the
+        run then fails with the original reason, whether or not this save succeeds."""
+        if not self._findings:
+            return
+        self._mark_unfinished(f"the run failed: {self._error}")
+        report = reporting.partial_report(
+            self._input.question,
+            f"while {self._failed_while}: {self._error}",
+            self._plan,
+            self._ordered_findings(),
+            outcome="failed",
+        ) + reporting.unfinished_section(self._plan)
+        try:
+            self._report_path = (await self._save(report)).path
+        except FailureError as err:
+            workflow.logger.warning("could not save the partial report of a failed run: %s", err)
 
     async def _research(self) -> str:
         """Returns the report's markdown: full when the run completes, partial when it is aborted."""
