@@ -131,6 +131,7 @@ class Recorded:
     messages: list[dict[str, str]]
     status: int
     authorization: str = ""
+    model: str = ""
 
 
 @dataclass
@@ -203,7 +204,7 @@ class ScriptedLLM:
             fault = self._take_fault(role)
             status, headers, payload = self._answer(body, messages, fault)
         with self._lock:
-            self.requests.append(Recorded(role, messages, status, authorization))
+            self.requests.append(Recorded(role, messages, status, authorization, str(body.get("model", ""))))
         time.sleep(self.latency + (fault.delay if fault else 0.0))
         return status, headers, payload
 

@@ -11,8 +11,9 @@ from temporalio.client import Client
 
 from activities.llm import ERR_AUTH
 from client.api import CairnClient, CairnError
+from common.config import LLMConfig
 from testkit.scripted_llm import ScriptedLLM
-from tests.conftest import llm_config
+from tests.conftest import SENTINEL_KEY, llm_config
 from tests.helpers import events_of, history, started_attempts, wait_for
 from worker import build_worker
 
@@ -99,3 +100,28 @@ async def test_a_failed_run_keeps_its_findings_in_a_partial_report(
     saved = Path(status.report_path).read_text()
     assert saved.startswith("# Partial report (failed): Reporter refuses")
     assert saved.count("Finding for 'Investigate aspect") == 2 and "400" in saved
+
+
+async def test_each_role_uses_its_configured_model(
+    temporal_client: Client, llm: ScriptedLLM, task_queue: str, tmp_path: Path
+) -> None:
+    config = LLMConfig.from_env(
+        {
+            "OPENAI_BASE_URL": llm.base_url,
+            "OPENAI_API_KEY": SENTINEL_KEY,
+            "CAIRN_MODEL": "base-model",
+            "CAIRN_PLANNER_MODEL": "planner-model",
+            "CAIRN_REPORTER_MODEL": "reporter-model",
+        }
+    )
+    async with build_worker(temporal_client, task_queue, config, home=tmp_path):
+        cairn = CairnClient(temporal_client, task_queue)
+        result = await cairn.result(await cairn.start("Models per role [steps=1]", auto_approve=True))
+    assert not result.aborted
+    models = {(r.role, r.model) for r in llm.requests}
+    assert models == {
+        ("planner", "planner-model"),
+        ("reviewer", "planner-model"),
+        ("researcher", "base-model"),
+        ("reporter", "reporter-model"),
+    }
