@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import statistics
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results_io import publish
 from client.api import CairnClient
 from client.connection import connect
 from common.config import LLMConfig, TemporalConfig
@@ -95,11 +95,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1)
     args = parser.parse_args()
     report = asyncio.run(bench(args.runs, args.latency_ms, args.steps, args.parallel))
-    results = RESULTS.with_name(f"{RESULTS.stem}_parallel{args.parallel}.json")
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(report, indent=2) + "\n")
-    for key, value in report.items():
-        print(f"{key:>28}: {value}")
+    publish(report, RESULTS.with_name(f"{RESULTS.stem}_parallel{args.parallel}.json"))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from bench.results_io import publish
 from testkit.dev_server import DevServer
 
 RESULTS = Path(__file__).parent / "results" / "temporal_floor.json"
@@ -97,10 +97,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     report = asyncio.run(bench(args.iterations, args.repeats))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    for key, value in report.items():
-        print(f"{key:>28}: {value}")
+    publish(report, RESULTS)
 
 
 if __name__ == "__main__":
