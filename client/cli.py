@@ -106,6 +106,17 @@ async def _follow(cairn: CairnClient, workflow_id: str) -> None:
         await asyncio.sleep(1.0)
 
 
+async def _worker_appears(cairn: CairnClient, seconds: float) -> bool:
+    """Whether a worker polls the task queue within `seconds`: one started a moment ago (the embedded
+    worker) needs a few seconds to connect, and warning about it would be a false alarm."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await cairn.has_pollers():
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.5)
+    return True
+
+
 async def cmd_research(args: argparse.Namespace) -> int:
     options = {
         "auto_approve": args.auto_approve,
@@ -120,7 +131,7 @@ async def cmd_research(args: argparse.Namespace) -> int:
     LLMConfig.from_env().require()
     cairn = await _connect(start_embedded=True)
     workflow_id = await cairn.start(args.question, workflow_id=args.id, **options)
-    if not await cairn.has_pollers():
+    if not await _worker_appears(cairn, seconds=10):
         _notice(
             f"Warning: no worker polls task queue '{cairn.task_queue}'; start one with `python worker.py`."
         )

@@ -101,6 +101,7 @@ async def test_embedded_server_starts_on_demand_and_keeps_runs(llm: ScriptedLLM,
             seconds=180,
         )
         assert "Started Cairn's embedded Temporal server" in err and "Started a Cairn worker" in err
+        assert "no worker polls" not in err  # The worker it just started is found, not warned about.
         wid = json.loads(out)["workflow_id"]
         _, out, err = await run(CAIRN, "dev", "--json", env=env)
         assert "Started" not in err and json.loads(out)["address"] == f"127.0.0.1:{port}"
@@ -112,3 +113,10 @@ async def test_embedded_server_starts_on_demand_and_keeps_runs(llm: ScriptedLLM,
         assert [r["status"] for r in json.loads(listing) if r["workflow_id"] == wid] == ["COMPLETED"]
     finally:
         await run(CAIRN, "dev", "stop", env=env, check=False)
+
+
+async def test_research_warns_when_no_worker_polls(env: dict[str, str], cairn: CairnClient) -> None:
+    unpolled = dict(env, CAIRN_TASK_QUEUE=f"{cairn.task_queue}-nobody")
+    _, out, err = await run(CAIRN, "research", "Who will run this?", "--json", env=unpolled)
+    assert "no worker polls task queue" in err and "python worker.py" in err
+    await cairn.temporal.get_workflow_handle(json.loads(out)["workflow_id"]).terminate("test cleanup")
