@@ -6,19 +6,38 @@ the server and prove that runs survive it.
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.embedded import EmbeddedError, dev_server_command, temporal_binary, wait_for_port
+from client.embedded import EmbeddedError, dev_server_command, port_open, temporal_binary
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port from *below* the kernel's ephemeral range. A port the kernel hands out
+    (bind to 0) is free only until someone else binds 0 too: the dev server does exactly that for its
+    internal services while it starts, and once took the frontend port it was told to use."""
+    low, _ = _ephemeral_range()
+    for _ in range(200):
+        port = random.randint(10000, max(10001, low - 1))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise EmbeddedError("no free loopback port below the ephemeral range")
 
 
 @dataclass
@@ -47,9 +66,22 @@ class DevServer:
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
         log.close()
-        wait_for_port(self.port, 60)
+        self._wait_listening(60)
         self._wait_healthy(60)
         return self
+
+    def _wait_listening(self, seconds: float) -> None:
+        """Wait for the port; a server that exits first (a port taken, say) fails at once, with its log."""
+        assert self._process is not None
+        deadline = time.monotonic() + seconds
+        while not port_open(self.port):
+            if self._process.poll() is not None:
+                log = (self.log_file or self.db_file.with_suffix(".log")).read_text(errors="replace")
+                first_error = next((line for line in log.splitlines() if "level=ERROR" in line), log[-500:])
+                raise EmbeddedError(f"the dev server exited while starting on {self.address}: {first_error}")
+            if time.monotonic() > deadline:
+                raise EmbeddedError(f"nothing answered on {self.address} within {seconds:g} s")
+            time.sleep(0.1)
 
     def _wait_healthy(self, seconds: float) -> None:
         """The port opens before the frontend serves ("Frontend is not healthy yet"): ask until it does."""
