@@ -71,4 +71,4 @@ def partial_report(
         parts.append(f"## {finding.title}\n\n{finding.summary}")
     if not findings:
         parts.append("No step had completed.")
-    return "\n\n".join(parts) + "\n" + artifacts_section(findings)
+    return "\n\n".join(parts) + "\n" + artifacts_section(findings) + unfinished_section(plan)

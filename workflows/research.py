@@ -156,7 +156,7 @@ class ResearchWorkflow:
             self._plan,
             self._ordered_findings(),
             outcome="failed",
-        ) + reporting.unfinished_section(self._plan)
+        )
         try:
             self._report_path = (await self._save(report)).path
         except FailureError as err:
@@ -195,7 +195,7 @@ class ResearchWorkflow:
             reason = self._abort.reason if self._abort else ""
             return reporting.partial_report(
                 self._input.question, reason, self._plan, self._ordered_findings()
-            ) + reporting.unfinished_section(self._plan)
+            )
 
     async def _await_approval(self) -> None:
         if self._input.auto_approve:
