@@ -5,7 +5,8 @@
 #   - a Docker engine for the code sandbox (Debian's docker.io, started when none answers) and the
 #     sandbox image, built offline from the machine's own Debian mirror (no image registry needed).
 # With --test it also installs what only the tests use (docker-compose, to validate docker-compose.yml;
-# chromium and a font, to look at the Temporal Web UI as a person would).
+# chromium and a font, to look at the Temporal Web UI as a person would; postgresql, whose server the
+# corpus tests start in a throwaway cluster of their own).
 # Idempotent: a second run checks and skips. Nothing is downloaded at run time after this.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -46,6 +47,6 @@ bash sandbox_images/engine.sh
 .venv/bin/python -m sandbox_images.build
 
 if [ $want_tests -eq 1 ]; then
-  apt_install docker-compose chromium fonts-liberation
+  apt_install docker-compose chromium fonts-liberation postgresql
 fi
 echo "install.sh: done"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from datetime import timedelta
 from pathlib import Path
@@ -17,18 +18,27 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
+from temporalio.langgraph import LangGraphPlugin
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from activities.corpus import Corpus, open_corpus
+from activities.fetch import PageFetcher
 from activities.llm import LLMActivities
 from activities.reports import ReportActivities
+from activities.researcher import ResearcherNodes
 from activities.sandbox import SandboxActivities
 from activities.telemetry import Telemetry
+from activities.web_search import WebSearch
 from client.connection import connect
 from common.config import LLMConfig, TemporalConfig, cairn_home, metrics_port
+from common.names import RESEARCHER_GRAPH
 from common.telemetry import shutdown_process_tracing
+from common.web_config import FetchConfig, SearchConfig
 from workflows.coder import CoderWorkflow
 from workflows.research import ResearchWorkflow
+from workflows.researcher import ResearcherWorkflow
+from workflows.researcher_graph import build_graph
 from workflows.runner import workflow_runner
 from workflows.step import StepWorkflow
 
@@ -49,21 +59,37 @@ def build_worker(
     llm: LLMConfig | None = None,
     home: Path | None = None,
     sandbox: SandboxActivities | None = None,
+    *,
+    search: SearchConfig | None = None,
+    fetch: FetchConfig | None = None,
+    corpus: Corpus | None = None,
     **options: Any,
 ) -> Worker:
-    """`options` go to Worker as they are (tests use `max_cached_workflows=0` to force replays)."""
+    """`options` go to Worker as they are (tests use `max_cached_workflows=0` to force replays).
+    The researcher's tools come from the environment unless given: search backends, the page
+    fetcher's limits, and the corpus (PostgreSQL with DATABASE_URL, else SQLite in `home`)."""
     # Activities' own spans use the tracer of the client's interceptor, so they join the run's trace.
     telemetry = Telemetry.for_client(client)
+    home = home or cairn_home()
     llm_activities = LLMActivities(llm or LLMConfig.from_env(), telemetry)
-    reports = ReportActivities((home or cairn_home()) / "reports")
+    reports = ReportActivities(home / "reports")
+    nodes = ResearcherNodes(
+        llm_activities,
+        WebSearch(search or SearchConfig.from_env(), telemetry),
+        PageFetcher(fetch or FetchConfig.from_env(), telemetry),
+        corpus or open_corpus({**os.environ, "CAIRN_HOME": str(home)}),
+    )
+    # The plugin wraps the graph's nodes in place, so each worker gets a graph of its own.
+    researcher = LangGraphPlugin(graphs={RESEARCHER_GRAPH: build_graph(nodes)})
     # Connects to Docker lazily: a worker whose runs have no code steps never needs the engine.
     sandbox = sandbox or SandboxActivities()
     sandbox.telemetry = telemetry
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[ResearchWorkflow, StepWorkflow, CoderWorkflow],
+        workflows=[ResearchWorkflow, StepWorkflow, CoderWorkflow, ResearcherWorkflow],
         activities=[llm_activities.chat, reports.save, sandbox.exec],
+        plugins=[researcher],
         workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=timedelta(seconds=10),
         **{**POLLER_TUNING, **options},

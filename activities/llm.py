@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -117,6 +118,20 @@ def _to_langchain(message: ChatMessage) -> BaseMessage:
     return HumanMessage(content=message.content)
 
 
+@dataclass(frozen=True)
+class Completion:
+    message: AIMessage
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+    @property
+    def text(self) -> str:
+        content = self.message.content
+        return content if isinstance(content, str) else str(content)
+
+
 class LLMActivities:
     """Built once per worker; holds the provider clients so keys stay out of history."""
 
@@ -138,27 +153,34 @@ class LLMActivities:
             self._clients[model] = client
         return client
 
-    @activity.defn(name=LLM_CHAT)
-    async def chat(self, request: ChatRequest) -> ChatResponse:
+    async def complete(
+        self,
+        role: str,
+        messages: list[BaseMessage],
+        purpose: str,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Completion:
+        """One chat completion, as the model of `role`, optionally offering tools (OpenAI function
+        specs). Provider errors leave as ApplicationErrors; the call heartbeats while it waits."""
         if not self._config.configured:
             raise ApplicationError(
                 "no LLM is configured on this worker: set OPENAI_API_KEY or OPENAI_BASE_URL",
                 type=ERR_NOT_CONFIGURED,
                 non_retryable=True,
             )
-        model = self._config.model_for(request.role)
+        model = self._config.model_for(role)
         telemetry = self._telemetry
-        with telemetry.llm_call(model, request.role, request.purpose, self._config.base_url) as span:
+        client: Any = self._client(model)
+        if tools:
+            client = client.bind_tools(tools)
+        with telemetry.llm_call(model, role, purpose, self._config.base_url) as span:
             try:
-                reply = await with_heartbeats(
-                    self._client(model).ainvoke([_to_langchain(m) for m in request.messages])
-                )
+                reply = await with_heartbeats(client.ainvoke(messages))
             except openai.OpenAIError as err:
                 failure = translate_error(err, model)
-                telemetry.llm_failed(span, model=model, role=request.role, error_type=failure.type or "")
+                telemetry.llm_failed(span, model=model, role=role, error_type=failure.type or "")
                 raise failure from err
             usage = getattr(reply, "usage_metadata", None) or {}
-            content = reply.content if isinstance(reply.content, str) else str(reply.content)
             response_model = str(reply.response_metadata.get("model_name") or model)
             input_tokens = int(usage.get("input_tokens", 0))
             output_tokens = int(usage.get("output_tokens", 0))
@@ -166,7 +188,7 @@ class LLMActivities:
             telemetry.llm_done(
                 span,
                 model=model,
-                role=request.role,
+                role=role,
                 response_model=response_model,
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
@@ -174,15 +196,22 @@ class LLMActivities:
             )
         activity.logger.info(
             "%s: %s answered with %d input and %d output tokens",
-            request.purpose or "chat",
+            purpose or "chat",
             response_model,
             input_tokens,
             output_tokens,
         )
+        return Completion(reply, response_model, input_tokens, output_tokens, cost)
+
+    @activity.defn(name=LLM_CHAT)
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        done = await self.complete(
+            request.role, [_to_langchain(m) for m in request.messages], request.purpose
+        )
         return ChatResponse(
-            content=content,
-            model=response_model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cost_usd=cost,
+            content=done.text,
+            model=done.model,
+            input_tokens=done.input_tokens,
+            output_tokens=done.output_tokens,
+            cost_usd=done.cost_usd,
         )

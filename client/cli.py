@@ -20,6 +20,7 @@ from rich.console import Console
 
 from client.api import CairnClient, CairnError, validated_input
 from client.embedded import Embedded, EmbeddedError, port_open
+from client.ingest_cli import add_ingest_command
 from client.sandbox_cli import add_sandbox_commands
 from client.watch import watch
 from common.config import ConfigError, LLMConfig, TemporalConfig
@@ -246,6 +247,21 @@ async def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_replay(args: argparse.Namespace) -> int:
+    from client.replay import replay_run
+
+    cairn = await _connect()
+    outcomes = await replay_run(cairn.temporal, args.id, children=not args.no_children)
+    lines = [
+        f"{'ok  ' if o.ok else 'FAIL'} {o.workflow_type} {o.workflow_id} ({o.events} events)"
+        + (f"\n     {o.problem}" if o.problem else "")
+        for o in outcomes
+    ]
+    verdict = "replays cleanly" if all(o.ok for o in outcomes) else "does NOT replay against this code"
+    _emit(args, [vars(o) for o in outcomes], "\n".join(lines) + f"\n{args.id} {verdict}.")
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cairn", description="Durable deep research on Temporal.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -295,9 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     abort.add_argument("id")
     abort.add_argument("--reason", default="aborted by a person")
     command("list", cmd_list, "list research runs").add_argument("--limit", type=int, default=20)
+    replay = command("replay", cmd_replay, "replay a run's history against this code (no LLM calls)")
+    replay.add_argument("id")
+    replay.add_argument("--no-children", action="store_true", help="skip the steps' child workflows")
     dev = command("dev", cmd_dev, "start (or stop) the embedded Temporal server and a worker")
     dev.add_argument("action", nargs="?", choices=["start", "stop"], default="start")
     add_sandbox_commands(commands)
+    add_ingest_command(commands)
     return parser
 
 

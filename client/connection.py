@@ -1,18 +1,23 @@
 """One way to reach Temporal, shared by the worker, the Python API and the CLI.
 
 Both sides must use the same data converter (pydantic), or payloads written by one are unreadable by
-the other; that is why connecting lives here and nowhere else. Tracing is attached here for the same
+the other, and the same payload store (large payloads live outside history); that is why connecting
+lives here and nowhere else. Tracing is attached here for the same
 reason: the client that starts a run and the worker built on a client must carry the same interceptor,
 or a run's spans split into several traces.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 
+from client.payload_store import external_storage
 from common.config import TemporalConfig
 from common.telemetry import process_tracing
 
@@ -28,4 +33,10 @@ async def connect(config: TemporalConfig | None = None, **overrides: Any) -> Cli
         if tracing is not None:
             options["interceptors"] = [tracing.interceptor]
     options.update(overrides)
-    return await Client.connect(data_converter=pydantic_data_converter, **options)
+    options.setdefault("data_converter", data_converter())
+    return await Client.connect(**options)
+
+
+def data_converter(env: Mapping[str, str] | None = None) -> DataConverter:
+    """Pydantic payloads, with large ones in Cairn's payload store (client/payload_store.py)."""
+    return dataclasses.replace(pydantic_data_converter, external_storage=external_storage(env))

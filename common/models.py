@@ -65,6 +65,11 @@ class ResearchInput(_Strict):
     approval_timeout_seconds: float = Field(default=24 * 3600, gt=0)
     on_approval_timeout: TimeoutPolicy = "abort"
     max_plan_attempts: int = Field(default=3, ge=1, le=10)
+    # The researcher's budgets per step: tool calls, tokens (all its model calls together) and the
+    # working memory its messages must fit in; at a limit it writes its finding from what it has.
+    researcher_tool_calls: int = Field(default=8, ge=0, le=100)
+    researcher_tokens: int = Field(default=60_000, ge=1000)
+    researcher_context_tokens: int = Field(default=8000, ge=1000)
 
     @field_validator("question")
     @classmethod
@@ -139,6 +144,16 @@ class Source(_Payload):
     title: str = ""
     url: str | None = None
     path: str | None = None
+    # How the run came by it: "fetched" (a page read in full), "searched" (a web search hit) or
+    # "corpus" (a passage of the user's documents).
+    via: str = ""
+
+
+class Claim(_Payload):
+    """One statement of a finding and the ids of the sources (in `Finding.sources`) it rests on."""
+
+    text: str
+    source_ids: list[str] = Field(default_factory=list)
 
 
 class Finding(_Payload):
@@ -146,6 +161,7 @@ class Finding(_Payload):
     title: str
     summary: str
     sources: list[Source] = Field(default_factory=list)
+    claims: list[Claim] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     # Files a coder step's program made (charts, tables), stored on the worker, linked from the report.
     artifacts: list[Artifact] = Field(default_factory=list)
@@ -238,6 +254,11 @@ class StepInput(_Payload):
     context: str = ""
     # Coder steps: how many times the model may fix a failing program before the step reports failure.
     max_code_fixes: int = 2
+    # Research steps: the run's archive of fetched pages (shared by its steps) and the budgets.
+    archive_scope: str = ""
+    tool_calls: int = 8
+    tokens: int = 60_000
+    context_tokens: int = 8000
 
 
 class SaveReport(_Payload):

@@ -13,6 +13,21 @@ DEFAULT_TASK_QUEUE: Final = "research"
 RESEARCH_WORKFLOW: Final = "ResearchWorkflow"
 STEP_WORKFLOW: Final = "StepWorkflow"
 CODER_WORKFLOW: Final = "CoderWorkflow"
+RESEARCHER_WORKFLOW: Final = "ResearcherWorkflow"
+
+# The researcher's LangGraph graph. The temporalio-langgraph plugin runs each of its activity nodes as
+# an activity named "<graph>.<node>"; these are those names.
+RESEARCHER_GRAPH: Final = "researcher"
+NODE_MODEL: Final = "model"
+NODE_FINDING: Final = "finding"
+TOOL_WEB_SEARCH: Final = "web_search"
+TOOL_FETCH_URL: Final = "fetch_url"
+TOOL_CORPUS_SEARCH: Final = "corpus_search"
+TOOL_RECALL: Final = "recall"
+RESEARCHER_TOOLS: Final = (TOOL_WEB_SEARCH, TOOL_FETCH_URL, TOOL_CORPUS_SEARCH, TOOL_RECALL)
+RESEARCHER_ACTIVITIES: Final = tuple(
+    f"{RESEARCHER_GRAPH}.{node}" for node in (NODE_MODEL, NODE_FINDING, *RESEARCHER_TOOLS)
+)
 
 # Activity types.
 LLM_CHAT: Final = "llm.chat"

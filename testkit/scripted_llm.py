@@ -28,16 +28,68 @@ Reply = Callable[[list[dict[str, str]]], str]
 
 
 def role_of(messages: list[dict[str, str]]) -> str:
-    """Which Cairn role sent this request, from the fixed first line of its system prompt."""
+    """Which Cairn role sent this request, from the fixed first line of its system prompt. The
+    researcher writing up its finding counts as "finding": one such request per research step."""
     system = next((m["content"] for m in messages if m.get("role") == "system"), "")
     for role in ("planner", "plan reviewer", "researcher", "coder", "reporter"):
         if system.startswith(f"You are Cairn's {role}."):
+            if role == "researcher" and "Write the finding of your research step" in system:
+                return "finding"
             return role.replace("plan ", "")
     return "other"
 
 
 def _user_text(messages: list[dict[str, str]]) -> str:
     return next((m["content"] for m in messages if m.get("role") == "user"), "")
+
+
+def _finding_reply(text: str) -> str:
+    """The researcher's finding: one claim per source it may cite (at most four), citing it."""
+    step = re.search(r"Your step: (.*)", text)
+    listed = re.findall(r"^\[(S\d+)\] (.*)$", text.split("Sources you may cite:", 1)[-1], flags=re.MULTILINE)
+    claims = [{"text": f"{title} bears on the step.", "sources": [sid]} for sid, title in listed[:4]]
+    summary = f"Finding for '{step.group(1) if step else 'the step'}': {len(listed)} sources consulted."
+    return json.dumps({"summary": summary, "claims": claims})
+
+
+def researcher_turn(messages: list[dict[str, Any]], tools: list[str]) -> list[dict[str, Any]]:
+    """The researcher's next tool calls (none: it is done). Steered by question markers:
+    `[query=...]` what to search for, `[pages=N]` how many found pages to read (default 2),
+    `[recall]` search the run's archive once after reading."""
+    task = _user_text(messages)
+    turns = sum(1 for m in messages if m.get("role") == "assistant")
+    found = re.search(r"\[query=([^\]]+)\]", task)
+    step = re.search(r"Your step: (.*)", task)
+    query = found.group(1) if found else (step.group(1) if step else task[:80])
+    if turns == 0:
+        first = "web_search" if "web_search" in tools else "corpus_search"
+        calls = [(first, {"query": query})]
+        if first == "web_search" and "[corpus]" in task:
+            calls.append(("corpus_search", {"query": query}))
+        return _calls(turns, calls)
+    if turns == 1:
+        seen = []
+        for m in messages:
+            if m.get("role") == "tool":
+                for url in re.findall(r"<(https?://[^>\s]+)>", m.get("content") or ""):
+                    if url not in seen:
+                        seen.append(url)
+        wanted = _marker(task, "pages", 2)
+        return _calls(turns, [("fetch_url", {"url": url}) for url in seen[:wanted]])
+    if turns == 2 and "[recall]" in task:
+        return _calls(turns, [("recall", {"query": query})])
+    return []
+
+
+def _calls(turn: int, calls: list[tuple[str, dict[str, str]]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"call_{turn}_{i}",
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps(args)},
+        }
+        for i, (name, args) in enumerate(calls)
+    ]
 
 
 def _marker(text: str, name: str, default: int) -> int:
@@ -77,6 +129,8 @@ def default_reply(messages: list[dict[str, str]]) -> str:
         return json.dumps({"sufficient": True, "rationale": "Covered.", "steps": []})
     if role == "coder":
         return _coder_reply(messages, text)
+    if role == "finding":
+        return _finding_reply(text)
     if role == "researcher":
         step = re.search(r"Your step: (.*)", text)
         title = step.group(1) if step else "the step"
@@ -84,6 +138,10 @@ def default_reply(messages: list[dict[str, str]]) -> str:
     if role == "reporter":
         findings = re.findall(r"^## (.*)\n(.*)$", text, flags=re.MULTILINE)
         body = "\n".join(f"- {title}: {first_line}" for title, first_line in findings)
+        # Cite what the findings' claims cite, as a reporter should.
+        cited = sorted(set(re.findall(r"^- .*?((?: \[\d+\])+)$", text, flags=re.MULTILINE)))
+        if cited:
+            body += "\n\nThe claims rest on these sources:" + "".join(cited) + "."
         return f"# Report: {question}\n\nWhat the steps established:\n\n{body}\n"
     return "OK"
 
@@ -214,9 +272,20 @@ class ScriptedLLM:
         if fault is not None and fault.status != 200:
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
             return fault.status, headers, _error(fault.status, f"scripted failure {fault.status}")
-        content = fault.content if fault is not None and fault.content is not None else self.reply(messages)
-        prompt_tokens = sum(len(m.get("content", "")) for m in messages) // 4 + 1
-        completion_tokens = len(content) // 4 + 1
+        tool_calls: list[dict[str, Any]] = []
+        tools = [t["function"]["name"] for t in body.get("tools") or []]
+        if fault is not None and fault.content is not None:
+            content = fault.content
+        elif tools and role_of(messages) == "researcher":
+            tool_calls = researcher_turn(messages, tools)
+            content = "" if tool_calls else "I have what I need."
+        else:
+            content = self.reply(messages)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        prompt_tokens = sum(len(m.get("content") or "") for m in messages) // 4 + 1
+        completion_tokens = (len(content) + len(json.dumps(tool_calls) if tool_calls else "")) // 4 + 1
         return (
             200,
             {},
@@ -228,8 +297,8 @@ class ScriptedLLM:
                 "choices": [
                     {
                         "index": 0,
-                        "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "tool_calls" if tool_calls else "stop",
+                        "message": message,
                     }
                 ],
                 "usage": {

@@ -19,7 +19,7 @@ from testkit.dev_server import DevServer
 from testkit.scripted_llm import ScriptedLLM
 from worker import build_worker
 
-pytest_plugins = ["tests.sandbox_support"]
+pytest_plugins = ["tests.sandbox_support", "tests.postgres_support"]
 
 # Every test's worker holds this key; no payload in any history may ever contain it.
 SENTINEL_KEY = "sk-cairn-sentinel-7f3e9c1d"

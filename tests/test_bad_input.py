@@ -83,7 +83,7 @@ async def test_temporal_cli_starts_a_run_with_the_question_alone(
         *base, "signal", "--workflow-id", wid, "--name", SIGNAL_APPROVE_PLAN, "--input", '{"plan_version": 1}'
     )
     result = await cairn.result(wid)
-    assert isinstance(result, ResearchResult) and llm.calls("researcher") == 1
+    assert isinstance(result, ResearchResult) and llm.calls("finding") == 1
 
 
 async def test_an_invalid_raw_start_fails_the_run_with_the_reason(

@@ -123,5 +123,6 @@ async def test_each_role_uses_its_configured_model(
         ("planner", "planner-model"),
         ("reviewer", "planner-model"),
         ("researcher", "base-model"),
+        ("finding", "base-model"),  # the researcher writing up its step
         ("reporter", "reporter-model"),
     }

@@ -15,11 +15,10 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from client import replay
 from common.models import ResearchInput, ResearchResult
-from common.names import CODER_WORKFLOW, RESEARCH_WORKFLOW, STEP_WORKFLOW
-from workflows.coder import CoderWorkflow
+from common.names import CODER_WORKFLOW, RESEARCH_WORKFLOW, RESEARCHER_WORKFLOW, STEP_WORKFLOW
 from workflows.research import ResearchWorkflow
-from workflows.runner import workflow_runner
 from workflows.step import StepWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -34,16 +33,12 @@ def workflow_type(history: WorkflowHistory) -> str:
 
 
 def replayer(*workflows: type) -> Replayer:
-    return Replayer(
-        workflows=list(workflows) or [ResearchWorkflow, StepWorkflow, CoderWorkflow],
-        data_converter=pydantic_data_converter,
-        workflow_runner=workflow_runner(),
-    )
+    return replay.replayer(pydantic_data_converter, *workflows)
 
 
 def test_every_workflow_type_has_committed_histories() -> None:
     types = {workflow_type(load(p)) for p in HISTORIES}
-    assert types >= {RESEARCH_WORKFLOW, STEP_WORKFLOW, CODER_WORKFLOW}
+    assert types >= {RESEARCH_WORKFLOW, STEP_WORKFLOW, CODER_WORKFLOW, RESEARCHER_WORKFLOW}
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)

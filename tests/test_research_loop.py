@@ -10,7 +10,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 
 from client.api import CairnClient, CairnError
-from common.names import LLM_CHAT, REPORT_SAVE, STEP_WORKFLOW, UPDATE_EDIT_PLAN
+from common.names import LLM_CHAT, REPORT_SAVE, RESEARCHER_WORKFLOW, UPDATE_EDIT_PLAN
 from testkit.scripted_llm import ScriptedLLM
 from tests.conftest import SENTINEL_KEY
 from tests.helpers import events_of, history, scheduled_activities, wait_for
@@ -22,15 +22,16 @@ async def test_auto_approved_run_is_all_activities_and_children(cairn: CairnClie
 
     assert result.workflow_id == wid and not result.aborted
     assert result.report.startswith("# Report: How do glaciers move?")
-    # plan + 3 steps + review + report, each one request to the server and one recorded call.
-    assert llm.calls() == 6 and result.usage.llm_calls == 6
+    # plan + review + report, and per step two researcher turns (search, then done) and its finding:
+    # each one request to the server and one recorded call.
+    assert llm.calls() == 12 and result.usage.llm_calls == 12
     assert result.usage.input_tokens > 0 and result.usage.output_tokens > 0
     hist = await history(cairn, wid)
     assert scheduled_activities(hist) == [LLM_CHAT, LLM_CHAT, LLM_CHAT, REPORT_SAVE]
     children = events_of(hist, EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED)
     assert [
         c.start_child_workflow_execution_initiated_event_attributes.workflow_type.name for c in children
-    ] == [STEP_WORKFLOW] * 3
+    ] == [RESEARCHER_WORKFLOW] * 3
     assert Path(result.report_path or "").read_text() == result.report
     status = await cairn.status(wid)
     assert status.phase == "done" and status.report_path == result.report_path
@@ -49,15 +50,15 @@ async def test_approve_signal_releases_the_plan_and_stale_versions_are_ignored(
     status = await wait_for(cairn, wid, "awaiting_approval")
     assert status.plan is not None and status.plan.version == 1 and len(status.plan.steps) == 2
     assert status.waiting_for == "approval of plan v1"
-    assert llm.calls("researcher") == 0  # Nothing runs before approval.
+    assert llm.calls("finding") == 0  # Nothing runs before approval.
 
     await cairn.approve(wid, plan_version=7)  # Stale: logged and ignored, the run waits on.
     status = await wait_for(cairn, wid, "awaiting_approval")
-    assert llm.calls("researcher") == 0
+    assert llm.calls("finding") == 0
 
     assert await cairn.approve(wid) == 1
     result = await cairn.result(wid)
-    assert llm.calls("researcher") == 2 and not result.aborted
+    assert llm.calls("finding") == 2 and not result.aborted
     with pytest.raises(CairnError, match="not awaiting approval"):
         await cairn.approve(wid)
 
@@ -75,7 +76,7 @@ async def test_request_changes_makes_a_second_version(cairn: CairnClient, llm: S
     await cairn.approve(wid, plan_version=2)
     result = await cairn.result(wid)
     assert result.plan is not None and result.plan.version == 2
-    assert llm.calls("researcher") == 3
+    assert llm.calls("finding") == 3
 
 
 async def test_edit_plan_validator_rejects_then_accepts(cairn: CairnClient, llm: ScriptedLLM) -> None:
@@ -123,7 +124,7 @@ async def test_edit_plan_validator_rejects_then_accepts(cairn: CairnClient, llm:
 
     await cairn.approve(wid, plan_version=2)
     result = await cairn.result(wid)
-    prompts = [r.messages[-1]["content"] for r in llm.requests if r.role in ("researcher", "coder")]
+    prompts = [r.messages[-1]["content"] for r in llm.requests if r.role in ("finding", "coder")]
     assert sorted(p.split("Your step: ")[1].split("\n")[0] for p in prompts) == sorted(
         [s3.title, "Reworded first step", "A brand-new step"]
     )
@@ -134,11 +135,11 @@ async def test_abort_mid_run_writes_a_partial_report_and_completes(
     cairn: CairnClient, llm: ScriptedLLM
 ) -> None:
     # The first step answers at once; the rest hang long enough to be caught mid-flight.
-    llm.answer_next("Quick finding.", role="researcher")
-    llm.answer_next("too late", role="researcher", times=3, delay=30)
+    llm.answer_next(json.dumps({"summary": "Quick finding.", "claims": []}), role="finding")
+    llm.answer_next("too late", role="finding", times=3, delay=30)
     wid = await cairn.start("A slow question [steps=4]", auto_approve=True, max_parallel_steps=2)
     await wait_for(cairn, wid, "researching")
-    while llm.calls("researcher") < 3:
+    while llm.calls("finding") < 3:
         await wait_for(cairn, wid, "researching")
     await cairn.abort(wid, "the person changed their mind")
     result = await cairn.result(wid)
@@ -164,6 +165,6 @@ async def test_approval_timeout_follows_its_policy(cairn: CairnClient, llm: Scri
     assert len(timers) == 1  # A durable timer in history, not a sleep in a process.
     if policy == "abort":
         assert result.aborted and "not approved within 1.5 seconds" in (result.abort_reason or "")
-        assert llm.calls("researcher") == 0
+        assert llm.calls("finding") == 0
     else:
-        assert not result.aborted and llm.calls("researcher") == 1
+        assert not result.aborted and llm.calls("finding") == 1

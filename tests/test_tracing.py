@@ -101,19 +101,29 @@ async def test_one_trace_per_run_with_genai_spans_and_no_replay_duplicates(
     assert_connected(trace)
     names = Counter(s.name for s in trace)
     calls = llm.calls()
-    assert calls == result.usage.llm_calls == 4  # plan, two steps, report
+    # plan and report through llm.chat; per step, two researcher turns and the finding through the
+    # researcher graph's model and finding nodes.
+    assert calls == result.usage.llm_calls == 8
     assert names["RunWorkflow:ResearchWorkflow"] == 1
-    assert names["StartChildWorkflow:StepWorkflow"] == names["RunWorkflow:StepWorkflow"] == 2
-    assert names["StartActivity:llm.chat"] == names["RunActivity:llm.chat"] == calls
+    assert names["StartChildWorkflow:ResearcherWorkflow"] == names["RunWorkflow:ResearcherWorkflow"] == 2
+    assert names["StartActivity:llm.chat"] == names["RunActivity:llm.chat"] == 2
+    graph_llm = names["RunActivity:researcher.model"] + names["RunActivity:researcher.finding"]
+    assert graph_llm == 6 and names["RunActivity:researcher.corpus_search"] == 2
     assert names["chat gpt-4o-mini"] == calls
     assert names["RunActivity:report.save"] == 1
     by_id = {s.span_id: s for s in trace}
-    children = {s.attributes["temporalWorkflowID"] for s in trace if s.name == "RunWorkflow:StepWorkflow"}
+    children = {
+        s.attributes["temporalWorkflowID"] for s in trace if s.name == "RunWorkflow:ResearcherWorkflow"
+    }
     assert children == {f"{wid}/s1", f"{wid}/s2"}
 
     chats = [s for s in trace if s.name == "chat gpt-4o-mini"]
     for span in chats:
-        assert by_id[span.parent_span_id].name == "RunActivity:llm.chat"
+        assert by_id[span.parent_span_id].name in (
+            "RunActivity:llm.chat",
+            "RunActivity:researcher.model",
+            "RunActivity:researcher.finding",
+        )
         a = span.attributes
         assert a["gen_ai.operation.name"] == "chat"
         assert a["gen_ai.request.model"] == a["gen_ai.response.model"] == "gpt-4o-mini"
@@ -174,7 +184,7 @@ async def test_env_configured_worker_and_cli_share_one_trace(
         calls = sum(
             v for name, labels, v in metrics if name == "cairn_llm_calls" and labels["outcome"] == "ok"
         )
-        assert calls == llm.calls() == 3
+        assert calls == llm.calls() == 5  # plan, report, and the step's two turns and finding
     finally:
         worker.send_signal(signal.SIGTERM)  # A graceful stop exports the spans still queued.
         code = await asyncio.wait_for(worker.wait(), 60)
@@ -185,6 +195,6 @@ async def test_env_configured_worker_and_cli_share_one_trace(
     services = {s.name: s.resource["service.name"] for s in trace}
     assert services["StartWorkflow:ResearchWorkflow"] == "cairn-cli"
     assert services["RunWorkflow:ResearchWorkflow"] == services["chat gpt-4o-mini"] == "cairn-worker"
-    assert Counter(s.name for s in trace)["chat gpt-4o-mini"] == 3
+    assert Counter(s.name for s in trace)["chat gpt-4o-mini"] == 5
     assert_nothing_secret(receiver.received())
     assert os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") is None  # The test process traced nothing.

@@ -102,6 +102,53 @@ def step_messages(question: str, kind: str, title: str, description: str, contex
     ]
 
 
+def researcher_messages(question: str, title: str, description: str, context: str) -> list[dict[str, str]]:
+    """The researcher agent's opening messages (plain dicts: they live in the LangGraph state)."""
+    body = f"Research question: {question}\n\nYour step: {title}"
+    if description:
+        body += f"\nDetails: {description}"
+    if context:
+        body += f"\n\nWhat earlier steps found:\n{context}"
+    return [
+        {
+            "id": "system",
+            "role": "system",
+            "content": (
+                f"{RESEARCHER_HEADER}\nCarry out one step of a research plan with your tools: web search "
+                "(where offered), reading pages, searching the user's documents, and recalling pages "
+                "read earlier in this run. "
+                "Search, then read the most promising sources in full before you conclude. Every "
+                "source you see has an id like [S3]; keep track of which source says what. When you "
+                "have enough, answer without calling a tool and a finding will be written from your "
+                "notes. Say plainly what you could not establish."
+            ),
+        },
+        {"id": "task", "role": "user", "content": body},
+    ]
+
+
+FINDING_FORMAT = (
+    'Answer with one JSON object and nothing else: {"summary": "<the finding in a few sentences of '
+    'markdown>", "claims": [{"text": "<one factual statement>", "sources": ["S1"]}]}. Every claim '
+    "names the ids of the sources that support it, and only ids that appear in the notes."
+)
+
+
+def finding_messages(task: str, notes: str, sources: str, problem: str = "") -> list[ChatMessage]:
+    """Ask the researcher to turn its notes into a finding: a summary and claims tied to sources.
+    `task` is the step as the researcher was given it (question, step, context)."""
+    user = f"{task}\n\nYour notes:\n{notes}\n\nSources you may cite:\n{sources or '(none)'}"
+    if problem:
+        user += f"\n\nYour previous answer was not valid: {problem}. Answer again with the JSON only."
+    return [
+        ChatMessage(
+            role="system",
+            content=f"{RESEARCHER_HEADER}\nWrite the finding of your research step. {FINDING_FORMAT}",
+        ),
+        ChatMessage(role="user", content=user),
+    ]
+
+
 def code_messages(question: str, title: str, description: str, context: str) -> list[ChatMessage]:
     body = f"Research question: {question}\n\nYour step: {title}"
     if description:
@@ -180,7 +227,12 @@ def render_findings(findings: list[Finding]) -> str:
     parts = []
     for f in findings:
         cites = ", ".join(f"[{s.id}] {s.title or s.url or s.path}" for s in f.sources)
-        parts.append(f"## {f.title}\n{f.summary}" + (f"\nSources: {cites}" if cites else ""))
+        claims = "".join(f"\n- {c.text}" + "".join(f" [{sid}]" for sid in c.source_ids) for c in f.claims)
+        parts.append(
+            f"## {f.title}\n{f.summary}"
+            + (f"\nClaims:{claims}" if claims else "")
+            + (f"\nSources: {cites}" if cites else "")
+        )
     return "\n\n".join(parts)
 
 

@@ -6,6 +6,8 @@ leave a report that says exactly what was and was not done.
 
 from __future__ import annotations
 
+import re
+
 from common.models import Finding, Plan, Source
 
 
@@ -15,13 +17,37 @@ def number_sources(findings: list[Finding]) -> list[Source]:
     numbered: dict[str, Source] = {}
     for finding in findings:
         renumbered = []
+        new_ids: dict[str, str] = {}
         for source in finding.sources:
             key = source.url or source.path or source.title or source.id
             if key not in numbered:
                 numbered[key] = source.model_copy(update={"id": str(len(numbered) + 1)})
+            new_ids[source.id] = numbered[key].id
             renumbered.append(numbered[key])
         finding.sources = renumbered
+        for claim in finding.claims:
+            claim.source_ids = [new_ids[i] for i in claim.source_ids if i in new_ids]
     return list(numbered.values())
+
+
+_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+
+
+def keep_known_citations(markdown: str, sources: list[Source]) -> str:
+    """Drop any `[n]` the reporter wrote that names no listed source: a report never cites what the
+    run did not find. `[1, 7]` keeps the numbers that exist."""
+    known = {s.id for s in sources}
+
+    def fix(match: re.Match[str]) -> str:
+        numbers = [n.strip() for n in match.group(1).split(",")]
+        kept = [n for n in numbers if n in known]
+        return f"[{', '.join(kept)}]" if kept else ""
+
+    return _CITATION.sub(fix, markdown)
+
+
+def cited_numbers(markdown: str) -> set[str]:
+    return {n.strip() for m in _CITATION.finditer(markdown) for n in m.group(1).split(",")}
 
 
 def sources_section(sources: list[Source]) -> str:

@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         QUERY_STATUS,
         REPORT_SAVE,
         RESEARCH_WORKFLOW,
+        RESEARCHER_WORKFLOW,
         SEARCH_ATTR_PHASE,
         SIGNAL_ABORT,
         SIGNAL_APPROVE_PLAN,
@@ -60,6 +61,8 @@ T = TypeVar("T")
 PHASE_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTR_PHASE)
 
 CONTEXT_CHARS_PER_FINDING = 1500
+# workflow.patched ids: each marks a change of commands that landed code must replay around.
+PATCH_RESEARCHER_AGENT = "researcher-agent"
 
 
 class _Aborted(Exception):
@@ -255,8 +258,16 @@ class ResearchWorkflow:
             self._publish()
             try:
                 finding = await workflow.execute_child_workflow(
-                    CODER_WORKFLOW if step.kind == "code" else STEP_WORKFLOW,
-                    StepInput(question=self._input.question, step=step, context=self._context()),
+                    self._step_workflow(step),
+                    StepInput(
+                        question=self._input.question,
+                        step=step,
+                        context=self._context(),
+                        archive_scope=f"run:{workflow.info().workflow_id}",
+                        tool_calls=self._input.researcher_tool_calls,
+                        tokens=self._input.researcher_tokens,
+                        context_tokens=self._input.researcher_context_tokens,
+                    ),
                     id=f"{workflow.info().workflow_id}/{step.id}",
                     result_type=Finding,
                     static_summary=f"step {step.id}: {step.title}"[:200],
@@ -275,6 +286,13 @@ class ResearchWorkflow:
                 self._usage.add(finding.usage)
                 step.status = "done"
             self._publish()
+
+    @staticmethod
+    def _step_workflow(step: PlanStep) -> str:
+        if step.kind == "code":
+            return CODER_WORKFLOW
+        # Runs from before the researcher agent keep their one-call StepWorkflow on replay.
+        return RESEARCHER_WORKFLOW if workflow.patched(PATCH_RESEARCHER_AGENT) else STEP_WORKFLOW
 
     async def _review(self) -> list[StepSpec]:
         assert self._plan is not None
@@ -304,7 +322,7 @@ class ResearchWorkflow:
             usage=self._usage,
         )
         return (
-            reply.content.rstrip()
+            reporting.keep_known_citations(reply.content.rstrip(), sources)
             + "\n"
             + reporting.artifacts_section(findings)
             + reporting.sources_section(sources)

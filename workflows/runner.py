@@ -23,6 +23,11 @@ PASSED_THROUGH = (
     "workflows.details",
     "workflows.prompts",
     "workflows.reporting",
+    # The researcher graph's layout, routers and working memory: pure too. The graph object itself is
+    # built on the worker and shared with every run by the LangGraph plugin (which passes through
+    # langchain and langgraph themselves).
+    "workflows.researcher_graph",
+    "workflows.researcher_memory",
 )
 
 

@@ -1,0 +1,381 @@
+"""`fetch_url`: read one web page for the researcher and hand back its main text.
+
+A model chooses the URL, so this is the one place Cairn talks to an address nobody configured. It must
+never reach a private, loopback, link-local or otherwise non-public address unless the operator allowed
+it (`CAIRN_FETCH_ALLOW_PRIVATE`, `CAIRN_FETCH_ALLOW_HOSTS`): every address a host resolves to is checked,
+on every redirect hop, and the connection goes to the address that was checked (the name is not looked
+up a second time, so DNS rebinding cannot swap in another). It must never read without bounds either:
+bodies stop at a byte cap, the download at a time cap, extracted text at a character cap.
+
+HTML goes through trafilatura for the article text (boilerplate such as navigation and footers dropped),
+with a plain lxml text pass when trafilatura finds no article. Errors become `ApplicationError`s with
+the stable types below; Temporal owns retries, so the client here never retries, and a failure is never
+handed back as an empty page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import ipaddress
+import re
+import socket
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+import lxml.etree
+import lxml.html
+import trafilatura
+from temporalio.exceptions import ApplicationError
+
+from activities.llm import retry_after
+from activities.telemetry import ERROR_TYPE, Telemetry
+from common.research_models import FetchedPage
+from common.version import __version__
+from common.web_config import FetchConfig
+
+# Stable error types: the researcher, tests and operators match on these strings.
+ERR_REFUSED = "FetchRefused"  # not http(s), or an address the configuration does not allow
+ERR_TIMEOUT = "FetchTimeout"  # retryable: the download outlasted CAIRN_FETCH_TIMEOUT_SECONDS
+ERR_UNSUPPORTED = "FetchUnsupportedType"  # an image, a PDF, a binary: not text we can read
+ERR_HTTP = "FetchHTTPError"  # the server's status: 4xx for good, 5xx retryable
+ERR_RATE_LIMITED = "FetchRateLimited"  # retryable 429, after Retry-After
+ERR_UNAVAILABLE = "FetchUnavailable"  # retryable: connection refused or reset, a DNS hiccup
+ERR_NOT_FOUND = "FetchHostNotFound"  # the name does not exist
+ERR_TLS = "FetchTLSFailed"  # the certificate does not verify
+ERR_REDIRECTS = "FetchTooManyRedirects"
+ERR_EMPTY = "FetchEmpty"  # the page has no text at all
+
+USER_AGENT = f"Cairn/{__version__} (+research agent)"
+HTML_TYPES = {"text/html", "application/xhtml+xml"}
+TEXT_TYPES = {"text/plain", "text/markdown", "text/x-markdown", "text/csv", "application/json"}
+_REDIRECTS = {301, 302, 303, 307, 308}
+_RETRYABLE_4XX = {408, 425}
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]+)""", re.IGNORECASE)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _refused(message: str) -> ApplicationError:
+    return ApplicationError(message, type=ERR_REFUSED, non_retryable=True)
+
+
+def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why `ip` is not a public address (None when it is). IPv4 addresses embedded in IPv6 ones
+    (mapped, 6to4, Teredo, NAT64) are judged by the IPv4 address they lead to."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return address_problem(embedded)
+    for kind, flag in (
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+        ("not publicly routable", not ip.is_global),
+    ):
+        if flag:
+            return kind
+    return None
+
+
+@dataclass
+class _Body:
+    final_url: str
+    content_type: str  # the media type, lower case; empty when the server sent none
+    data: bytes
+    truncated: bool
+    charset: str | None  # from the Content-Type header
+
+
+@dataclass
+class _Target:
+    url: str  # as it will be reported (the hop's URL)
+    parsed: httpx.URL
+    addresses: list[str]  # checked addresses to connect to, in resolver order
+
+
+class PageFetcher:
+    """Built once per worker from FetchConfig."""
+
+    def __init__(self, config: FetchConfig, telemetry: Telemetry | None = None) -> None:
+        self._config = config
+        self._telemetry = telemetry or Telemetry()
+
+    async def fetch(self, url: str) -> FetchedPage:
+        url = url.strip()
+        with self._telemetry.fetch(url) as span:
+            try:
+                body = await self._download(url)
+                page = await asyncio.to_thread(self._extract, url, body)
+            except ApplicationError as err:
+                span.set_attribute(ERROR_TYPE, err.type or "")
+                raise
+            span.set_attributes(
+                {"cairn.fetch.bytes": page.size_bytes, "cairn.fetch.truncated": page.truncated}
+            )
+            return page
+
+    # -- the download -------------------------------------------------------------------------------
+
+    async def _download(self, url: str) -> _Body:
+        seconds = self._config.timeout_seconds
+        try:
+            # One cap on the whole download, redirects included; httpx's own timeout is per read.
+            async with asyncio.timeout(seconds):
+                return await self._follow(url)
+        except (TimeoutError, httpx.TimeoutException) as err:
+            raise ApplicationError(
+                f"fetching {url} took longer than {seconds:g}s (CAIRN_FETCH_TIMEOUT_SECONDS)",
+                type=ERR_TIMEOUT,
+            ) from err
+
+    async def _follow(self, url: str) -> _Body:
+        # Trust no environment proxy: a proxy would resolve names itself, after our address check.
+        # No keep-alive either, so a hop never rides a connection opened (and verified) for another host.
+        bundle = self._config.ca_bundle
+        async with httpx.AsyncClient(
+            timeout=self._config.timeout_seconds,
+            follow_redirects=False,
+            trust_env=False,
+            verify=ssl.create_default_context(cafile=bundle) if bundle else True,
+            limits=httpx.Limits(max_keepalive_connections=0),
+            headers={
+                "User-Agent": USER_AGENT,
+                "Accept": "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.5",
+            },
+        ) as client:
+            current = url
+            for _hop in range(self._config.max_redirects + 1):
+                target = await self._check(current)
+                response = await self._open(client, target)
+                try:
+                    if response.status_code in _REDIRECTS and response.headers.get("location"):
+                        current = urljoin(current, response.headers["location"])
+                        continue
+                    _check_status(current, response)
+                    content_type = _content_type(current, response)
+                    data, truncated = await self._read(response, current)
+                    return _Body(current, content_type, data, truncated, response.charset_encoding)
+                finally:
+                    await response.aclose()
+        raise ApplicationError(
+            f"{url} redirected more than {self._config.max_redirects} times",
+            type=ERR_REDIRECTS,
+            non_retryable=True,
+        )
+
+    async def _check(self, url: str) -> _Target:
+        """Parse `url`, resolve its host and refuse it unless every address it resolves to is allowed."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https"):
+            raise _refused(f"only http and https URLs can be fetched, not {url[:200]!r}")
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as err:
+            raise _refused(f"{url[:200]!r} is not a valid URL: {err}") from err
+        host = parsed.raw_host.decode("ascii").strip("[]").lower().rstrip(".")
+        if not host:
+            raise _refused(f"{url[:200]!r} has no host")
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as err:
+            if err.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+                raise ApplicationError(
+                    f"{host} does not exist ({err})", type=ERR_NOT_FOUND, non_retryable=True
+                ) from err
+            raise ApplicationError(f"cannot resolve {host}: {err}", type=ERR_UNAVAILABLE) from err
+        addresses = list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in infos))
+        if not self._config.allow_private and host not in self._config.allow_hosts:
+            for address in addresses:
+                ip = ipaddress.ip_address(address)
+                problem = address_problem(ip)
+                if problem and not any(not isinstance(e, str) and ip in e for e in self._config.allow_hosts):
+                    where = f"{host} is" if host == address else f"{host} resolves to {address},"
+                    raise _refused(
+                        f"refusing to fetch {url[:200]}: {where} a {problem} address. "
+                        "Set CAIRN_FETCH_ALLOW_PRIVATE=1, or list the host in CAIRN_FETCH_ALLOW_HOSTS, to allow it"
+                    )
+        return _Target(url=url, parsed=parsed, addresses=addresses)
+
+    async def _open(self, client: httpx.AsyncClient, target: _Target) -> httpx.Response:
+        """Connect to a checked address (the first that accepts), naming the host in Host and TLS SNI."""
+        host_header = target.parsed.netloc.decode("ascii")
+        sni = target.parsed.raw_host.decode("ascii")
+        failure: Exception | None = None
+        for address in target.addresses:
+            request = client.build_request(
+                "GET",
+                target.parsed.copy_with(host=address),
+                headers={"Host": host_header},
+                extensions={"sni_hostname": sni},
+            )
+            try:
+                return await client.send(request, stream=True)
+            except httpx.ConnectError as err:
+                if _tls_failure(err):
+                    raise ApplicationError(
+                        f"TLS failed for {target.url[:200]}: {err}", type=ERR_TLS, non_retryable=True
+                    ) from err
+                failure = err  # Another of the host's addresses may answer.
+            except (httpx.TimeoutException, TimeoutError):
+                raise
+            except httpx.TransportError as err:
+                raise ApplicationError(
+                    f"fetching {target.url[:200]} failed: {err!r}", type=ERR_UNAVAILABLE
+                ) from err
+        raise ApplicationError(
+            f"cannot connect to {target.url[:200]}: {failure!r}", type=ERR_UNAVAILABLE
+        ) from failure
+
+    async def _read(self, response: httpx.Response, url: str) -> tuple[bytes, bool]:
+        """The body up to the byte cap; past it, stop reading and say the page was cut."""
+        cap = self._config.max_bytes
+        chunks: list[bytes] = []
+        size = 0
+        truncated = False
+        try:
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > cap:
+                    truncated = True
+                    break
+        except httpx.TimeoutException:
+            raise
+        except httpx.DecodingError as err:  # a broken gzip stream stays broken
+            raise ApplicationError(
+                f"{url[:200]} sent a body that cannot be decoded: {err}", type=ERR_HTTP, non_retryable=True
+            ) from err
+        except httpx.TransportError as err:
+            raise ApplicationError(f"reading {url[:200]} failed: {err!r}", type=ERR_UNAVAILABLE) from err
+        return b"".join(chunks)[:cap], truncated
+
+    # -- extraction ---------------------------------------------------------------------------------
+
+    def _extract(self, url: str, body: _Body) -> FetchedPage:
+        """Runs in a thread: trafilatura and lxml are CPU-bound and synchronous."""
+        is_html = body.content_type in HTML_TYPES or (not body.content_type and _looks_like_html(body.data))
+        charset = body.charset or (_meta_charset(body.data) if is_html else None)
+        text = _decode(body.data, charset, body.truncated)
+        title = ""
+        if is_html:
+            title, text = _main_text(text, body.final_url)
+        text = text.strip()
+        if not text:
+            raise ApplicationError(
+                f"{body.final_url} has no text to read", type=ERR_EMPTY, non_retryable=True
+            )
+        truncated = body.truncated
+        if len(text) > self._config.max_chars:
+            text, truncated = text[: self._config.max_chars], True
+        return FetchedPage(
+            url=url,
+            final_url=body.final_url,
+            title=title,
+            text=text,
+            content_type=body.content_type or ("text/html" if is_html else "text/plain"),
+            size_bytes=len(body.data),
+            truncated=truncated,
+        )
+
+
+def _check_status(url: str, response: httpx.Response) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    reason = f"{url[:200]} answered {status} {response.reason_phrase}".rstrip()
+    if status == 429:
+        raise ApplicationError(reason, type=ERR_RATE_LIMITED, next_retry_delay=retry_after(response.headers))
+    if status >= 500 or status in _RETRYABLE_4XX:
+        raise ApplicationError(reason, type=ERR_HTTP, next_retry_delay=retry_after(response.headers))
+    raise ApplicationError(reason, type=ERR_HTTP, non_retryable=True)
+
+
+def _content_type(url: str, response: httpx.Response) -> str:
+    """The media type if it is one we read; an empty string when the server sent none (we sniff)."""
+    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not content_type or content_type in HTML_TYPES or content_type in TEXT_TYPES:
+        return content_type
+    if content_type.endswith("+json"):
+        return content_type
+    raise ApplicationError(
+        f"{url[:200]} is {content_type}, not a page of text (fetch_url reads HTML and plain text)",
+        type=ERR_UNSUPPORTED,
+        non_retryable=True,
+    )
+
+
+def _tls_failure(err: Exception) -> bool:
+    """A certificate that does not verify will not verify on the next attempt either."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _looks_like_html(body: bytes) -> bool:
+    head = body[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml"))
+
+
+def _meta_charset(body: bytes) -> str | None:
+    found = _META_CHARSET.search(body[:4096])
+    return found.group(1).decode("ascii") if found else None
+
+
+def _decode(body: bytes, charset: str | None, truncated: bool) -> str:
+    """Decode with the declared charset; else UTF-8, else windows-1252 (the web's legacy default).
+    A body cut at the byte cap may end mid-character: that tail is dropped, not guessed."""
+    if b"\x00" in body[:1024] and not body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ApplicationError("the body is binary, not text", type=ERR_UNSUPPORTED, non_retryable=True)
+    for candidate in (charset, "utf-8"):
+        if not candidate:
+            continue
+        try:
+            return codecs.getincrementaldecoder(candidate)("strict").decode(body, final=not truncated)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return body.decode("windows-1252", errors="replace")
+
+
+def _main_text(html: str, url: str) -> tuple[str, str]:
+    """(title, main text) of an HTML page: trafilatura's article text, or every visible text when it
+    finds no article (a page of links or a short notice is still worth reading)."""
+    try:
+        tree = lxml.html.document_fromstring(
+            html.encode("utf-8"), parser=lxml.html.HTMLParser(encoding="utf-8")
+        )
+    except (ValueError, lxml.etree.ParserError):
+        return "", ""
+    document = trafilatura.bare_extraction(
+        tree, url=url, favor_recall=True, include_comments=False, include_tables=True, with_metadata=True
+    )
+    text = getattr(document, "text", None) or ""
+    title = getattr(document, "title", None) or ""
+    if not title:
+        found = tree.findtext(".//title")
+        title = " ".join((found or "").split())
+    if not text.strip():
+        text = _visible_text(tree)
+    return title, text
+
+
+def _visible_text(tree: lxml.html.HtmlElement) -> str:
+    """Every text a reader could see, line by line. trafilatura drops framesets whole, and the HTML
+    parser keeps a <noframes> body as raw markup, so that markup is parsed on its own."""
+    for element in tree.xpath("//script|//style|//noscript|//template|//head"):
+        element.drop_tree()
+    for element in tree.iter("noframes"):
+        if element.text and element.text.strip():
+            element.text = _visible_text(lxml.html.document_fromstring(element.text))
+    lines = (" ".join(line.split()) for line in tree.text_content().splitlines())
+    return "\n".join(line for line in lines if line)

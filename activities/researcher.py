@@ -1,0 +1,294 @@
+"""The researcher graph's activity nodes: its model turn, its tools, and its finding writer.
+
+workflows/researcher_graph.py lays out the graph; the temporalio-langgraph plugin runs each method
+here as an activity named `researcher.<node>` on the worker that built this object, which holds the
+LLM client, the search backends, the page fetcher and the corpus. Keys and clients therefore never
+enter a node's input or result, and so never enter history.
+
+Tool failures: a retryable one (a 503, a timeout) raises, and Temporal retries the activity; on the
+last attempt, or for a failure that retrying cannot help (a refused address, a 404), the tool answers
+with a typed error the model reads and works around. That is an explicit "no result", never data that
+looks like success. A fetched page is also filed in the run's archive, so `recall` can search its full
+text after working memory has let it go.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.corpus import Corpus
+from activities.fetch import PageFetcher
+from activities.llm import LLMActivities
+from activities.web_search import WebSearch
+from common.names import TOOL_CORPUS_SEARCH, TOOL_FETCH_URL, TOOL_RECALL, TOOL_WEB_SEARCH
+from workflows.prompts import finding_messages
+from workflows.researcher_graph import TOOL_ATTEMPTS, ResearcherState, ToolTask
+from workflows.researcher_memory import estimate_tokens
+
+PASSAGES_PER_SEARCH = 5
+NOTES_TOKENS = 12_000  # the finding writer's view of the notes
+
+
+def _spec(name: str, description: str, **params: str) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": {k: {"type": "string", "description": v} for k, v in params.items()},
+                "required": list(params),
+            },
+        },
+    }
+
+
+TOOL_SPECS = {
+    TOOL_WEB_SEARCH: _spec(
+        TOOL_WEB_SEARCH, "Search the web. Returns titles, URLs and snippets.", query="what to search for"
+    ),
+    TOOL_FETCH_URL: _spec(
+        TOOL_FETCH_URL, "Read a web page in full (its main text).", url="the http(s) URL to read"
+    ),
+    TOOL_CORPUS_SEARCH: _spec(
+        TOOL_CORPUS_SEARCH,
+        "Search the user's own documents (ranked passages with their document and position).",
+        query="words to look for",
+    ),
+    TOOL_RECALL: _spec(
+        TOOL_RECALL,
+        "Search the full texts of pages read earlier in this research run, including parts no "
+        "longer shown to you.",
+        query="words to look for",
+    ),
+}
+
+
+def _to_langchain(m: dict[str, Any]) -> BaseMessage:
+    role = m["role"]
+    if role == "system":
+        return SystemMessage(content=m["content"])
+    if role == "user":
+        return HumanMessage(content=m["content"])
+    if role == "tool":
+        return ToolMessage(content=m["content"], tool_call_id=m["tool_call_id"])
+    calls = [
+        {"id": c["id"], "name": c["name"], "args": c.get("args") or {}} for c in m.get("tool_calls") or []
+    ]
+    return AIMessage(content=m.get("content") or "", tool_calls=calls)
+
+
+def _calls_of(reply: AIMessage) -> list[dict[str, Any]]:
+    """The model's tool calls as plain dicts; a call whose arguments did not parse is kept, marked
+    with its error, so the graph answers it with a refusal the model can learn from."""
+    calls = [
+        {"id": c["id"] or f"call-{i}", "name": c["name"], "args": c["args"]}
+        for i, c in enumerate(reply.tool_calls)
+    ]
+    for i, bad in enumerate(reply.invalid_tool_calls):
+        calls.append(
+            {
+                "id": bad.get("id") or f"bad-{i}",
+                "name": bad.get("name") or "",
+                "args": {},
+                "error": str(bad.get("error") or "arguments are not valid JSON")[:300],
+            }
+        )
+    return calls
+
+
+def _tool_answer(task: ToolTask, result: dict[str, Any]) -> dict[str, Any]:
+    call = task["call"]
+    return {
+        "messages": [
+            {
+                "id": f"tool-{call['id']}",
+                "role": "tool",
+                "tool_call_id": call["id"],
+                "name": call["name"],
+                "result": result,
+            }
+        ],
+        "tool_calls": 1,
+    }
+
+
+def _arg(task: ToolTask, name: str) -> str:
+    value = (task["call"].get("args") or {}).get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise ApplicationError(
+            f"the call needs a non-empty '{name}' argument", type="ToolBadArguments", non_retryable=True
+        )
+    return value.strip()
+
+
+def parse_finding(text: str, known: set[str]) -> dict[str, Any]:
+    """The finding JSON, checked: a summary, and claims citing only sources the step saw."""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        raise ValueError("the reply contains no JSON object")
+    try:
+        data = json.loads(text[start : end + 1])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the JSON does not parse ({err.msg} at position {err.pos})") from err
+    summary = data.get("summary") if isinstance(data, dict) else None
+    if not isinstance(summary, str) or not summary.strip():
+        raise ValueError("summary: a non-empty string is required")
+    claims = []
+    for i, claim in enumerate(data.get("claims") or []):
+        if not isinstance(claim, dict) or not isinstance(claim.get("text"), str) or not claim["text"].strip():
+            raise ValueError(f"claims.{i}: an object with a non-empty 'text' is required")
+        ids = claim.get("sources") or []
+        if not isinstance(ids, list):
+            raise ValueError(f"claims.{i}.sources: a list of source ids is required")
+        unknown = [str(x) for x in ids if str(x) not in known]
+        if unknown:
+            raise ValueError(f"claims.{i} cites {unknown}, which are not among the sources {sorted(known)}")
+        claims.append({"text": claim["text"].strip(), "source_ids": [str(x) for x in ids]})
+    return {"summary": summary.strip(), "claims": claims}
+
+
+def notes_of(state: ResearcherState, budget_tokens: int = NOTES_TOKENS) -> str:
+    """The conversation after the opening messages, newest kept whole when it must be cut."""
+    lines = []
+    for m in state["messages"][2:]:
+        if m["role"] == "assistant":
+            calls = ", ".join(f"{c['name']}({json.dumps(c.get('args'))})" for c in m.get("tool_calls") or [])
+            text = (m.get("content") or "").strip()
+            lines.append(
+                "You: " + (text + (" " if text and calls else "") + (f"[called {calls}]" if calls else ""))
+            )
+        elif m["role"] == "tool":
+            lines.append(m.get("content") or "")
+    kept: list[str] = []
+    used = 0
+    for line in reversed(lines):
+        used += estimate_tokens(line)
+        if used > budget_tokens:
+            kept.append("[... earlier notes cut]")
+            break
+        kept.append(line)
+    return "\n\n".join(reversed(kept))
+
+
+class ResearcherNodes:
+    """Built once per worker; its methods are the graph's activity nodes (see worker.py)."""
+
+    def __init__(self, llm: LLMActivities, search: WebSearch, fetcher: PageFetcher, corpus: Corpus) -> None:
+        self._llm = llm
+        self._search = search
+        self._fetcher = fetcher
+        self._corpus = corpus
+
+    def offered(self) -> list[str]:
+        tools = [TOOL_CORPUS_SEARCH, TOOL_FETCH_URL, TOOL_RECALL]
+        return ([TOOL_WEB_SEARCH] if self._search.available() else []) + tools
+
+    async def model(self, state: ResearcherState) -> dict[str, Any]:
+        offered = self.offered()
+        turn = state.get("turn", 0)
+        done = await self._llm.complete(
+            "researcher",
+            [_to_langchain(m) for m in state["messages"]],
+            f"researcher turn {turn + 1}",
+            tools=[TOOL_SPECS[name] for name in offered],
+        )
+        message = {
+            "id": f"ai-{turn}",
+            "role": "assistant",
+            "content": done.text,
+            "tool_calls": _calls_of(done.message),
+        }
+        return {
+            "messages": [message],
+            "offered": offered,
+            "turn": turn + 1,
+            "tokens": done.input_tokens + done.output_tokens,
+            "usage": [_usage(done)],
+        }
+
+    async def finding(self, state: ResearcherState) -> dict[str, Any]:
+        sources = state.get("sources", [])
+        listing = "\n".join(
+            f"[{s['id']}] {s['title'] or s['url'] or s['path']} ({s['via']})" for s in sources
+        )
+        task = state["messages"][1]["content"]
+        messages = finding_messages(task, notes_of(state), listing, state.get("finding_error", ""))
+        done = await self._llm.complete(
+            "researcher",
+            [SystemMessage(content=messages[0].content), HumanMessage(content=messages[1].content)],
+            "researcher: write finding",
+        )
+        update: dict[str, Any] = {
+            "usage": [_usage(done)],
+            "tokens": done.input_tokens + done.output_tokens,
+            "finding_attempts": 1,
+        }
+        try:
+            update["finding"] = parse_finding(done.text, {s["id"] for s in sources})
+        except ValueError as err:
+            activity.logger.warning("malformed finding: %s", err)
+            update["finding_error"] = str(err)
+        return update
+
+    # -- tools -----------------------------------------------------------------------------------
+
+    async def web_search(self, task: ToolTask) -> dict[str, Any]:
+        async def run() -> dict[str, Any]:
+            found = await self._search.search(_arg(task, "query"))
+            return {"kind": "search", **found.model_dump()}
+
+        return _tool_answer(task, await _typed_failures(run))
+
+    async def fetch_url(self, task: ToolTask) -> dict[str, Any]:
+        async def run() -> dict[str, Any]:
+            page = await self._fetcher.fetch(_arg(task, "url"))
+            if task["scope"]:
+                await self._corpus.ingest(page.final_url, page.title, page.text, scope=task["scope"])
+            return {"kind": "page", **page.model_dump()}
+
+        return _tool_answer(task, await _typed_failures(run))
+
+    async def corpus_search(self, task: ToolTask) -> dict[str, Any]:
+        return _tool_answer(task, await _typed_failures(lambda: self._passages(task, "corpus")))
+
+    async def recall(self, task: ToolTask) -> dict[str, Any]:
+        return _tool_answer(task, await _typed_failures(lambda: self._passages(task, task["scope"])))
+
+    async def _passages(self, task: ToolTask, scope: str) -> dict[str, Any]:
+        query = _arg(task, "query")
+        found = await self._corpus.search(query, limit=PASSAGES_PER_SEARCH, scope=scope) if scope else []
+        return {
+            "kind": "passages",
+            "query": query,
+            "archive": scope != "corpus",
+            "passages": [p.model_dump() for p in found],
+        }
+
+
+async def _typed_failures(run: Any) -> dict[str, Any]:
+    """Run a tool; a failure retrying cannot help, or one on the last attempt, becomes a typed error
+    result for the model. Anything else raises, and Temporal retries the activity."""
+    try:
+        result: dict[str, Any] = await run()
+        return result
+    except ApplicationError as err:
+        if not err.non_retryable and activity.info().attempt < TOOL_ATTEMPTS:
+            raise
+        activity.logger.warning("tool failed for good (%s): %s", err.type, err.message)
+        return {"kind": "error", "type": err.type or "ToolFailed", "message": err.message}
+
+
+def _usage(done: Any) -> dict[str, Any]:
+    return {
+        "model": done.model,
+        "input_tokens": done.input_tokens,
+        "output_tokens": done.output_tokens,
+        "cost_usd": done.cost_usd,
+    }

@@ -1,0 +1,66 @@
+"""What the researcher's tools take and give back: search hits, fetched pages, corpus passages.
+
+These cross Temporal boundaries (tool activities' results land in history, by reference through the
+payload store when large), so they follow common/models.py's rule: evolve only by adding fields with
+defaults. Nothing here holds a key or a client.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class SearchHit(_Payload):
+    title: str = ""
+    url: str
+    snippet: str = ""
+
+
+class SearchResults(_Payload):
+    """What `web_search` found. `backend` names the service that answered."""
+
+    query: str
+    backend: str
+    hits: list[SearchHit] = Field(default_factory=list)
+
+
+class FetchedPage(_Payload):
+    """A fetched page's main text, extracted from HTML (or the body of a text/plain answer)."""
+
+    url: str  # as asked
+    final_url: str  # after redirects
+    title: str = ""
+    text: str
+    content_type: str = ""
+    size_bytes: int = 0  # bytes read from the network, before extraction
+    truncated: bool = False  # the body hit the size cap and was cut
+
+
+class Passage(_Payload):
+    """One passage of a document in the corpus (or of a run's archive), ranked by BM25."""
+
+    path: str  # the document's path as ingested (absolute), or a URL for a run's archive
+    title: str = ""
+    position: int  # the passage's index within its document, from 0
+    char_offset: int = 0  # where the passage starts in the document's extracted text
+    text: str
+    score: float = 0.0  # higher is better
+
+
+class CorpusResults(_Payload):
+    query: str
+    passages: list[Passage] = Field(default_factory=list)
+
+
+class IngestReport(_Payload):
+    """What `cairn ingest` did to one document."""
+
+    path: str
+    passages: int
+    replaced: bool = False  # the document was ingested before and its passages were replaced
+    unchanged: bool = False  # same content as before: nothing written
+    error: str | None = None
