@@ -50,6 +50,9 @@ log = logging.getLogger("cairn.worker")
 POLLER_TUNING: dict[str, Any] = {
     "max_concurrent_workflow_task_polls": 10,
     "nonsticky_to_sticky_poll_ratio": 1.0,
+    # A workflow task waits this long on a dead worker's sticky queue before any worker may take it
+    # (the SDK's default is 10 s): after a crash, runs move on within seconds.
+    "sticky_queue_schedule_to_start_timeout": timedelta(seconds=2),
 }
 
 

@@ -15,7 +15,7 @@ from temporalio import activity
 T = TypeVar("T")
 
 
-async def with_heartbeats(work: Awaitable[T], every: float = 2.0) -> T:
+async def with_heartbeats(work: Awaitable[T], every: float = 1.0) -> T:
     """Await `work`, heartbeating every `every` seconds. Cancellation of the activity cancels `work`."""
     task = asyncio.ensure_future(work)
     try:

@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.corpus import Corpus
 from activities.fetch import PageFetcher
+from activities.heartbeat import with_heartbeats
 from activities.llm import LLMActivities
 from activities.web_search import WebSearch
 from common.names import TOOL_CORPUS_SEARCH, TOOL_FETCH_URL, TOOL_RECALL, TOOL_WEB_SEARCH
@@ -276,7 +277,8 @@ async def _typed_failures(run: Any) -> dict[str, Any]:
     """Run a tool; a failure retrying cannot help, or one on the last attempt, becomes a typed error
     result for the model. Anything else raises, and Temporal retries the activity."""
     try:
-        result: dict[str, Any] = await run()
+        # Heartbeats tell Temporal this worker is alive; a dead one's call moves elsewhere in seconds.
+        result: dict[str, Any] = await with_heartbeats(run())
         return result
     except ApplicationError as err:
         if not err.non_retryable and activity.info().attempt < TOOL_ATTEMPTS:

@@ -39,7 +39,7 @@ class SandboxConfig:
     # Containers labelled by a worker on another machine are reaped once older than this.
     orphan_after_seconds: float = 3600.0
     reap_interval_seconds: float = 60.0
-    heartbeat_seconds: float = 2.0
+    heartbeat_seconds: float = 1.0
     # Slack beyond the program's timeout before the host kills the container itself (the bootstrap
     # normally enforces the timeout and reports partial output; this is the backstop).
     host_grace_seconds: float = 10.0

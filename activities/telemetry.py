@@ -150,7 +150,7 @@ class Telemetry:
             ) as span:
                 yield span
         except BaseException as err:
-            outcome = type(err).__name__
+            outcome = _outcome(err)
             raise
         finally:
             count(METRIC_SEARCHES, provider=provider, outcome=outcome)
@@ -163,7 +163,7 @@ class Telemetry:
             with self.span("fetch", {"url.full": url[:2000]}, SpanKind.CLIENT) as span:
                 yield span
         except BaseException as err:
-            outcome = type(err).__name__
+            outcome = _outcome(err)
             raise
         finally:
             count(METRIC_PAGE_FETCHES, outcome=outcome)
@@ -193,6 +193,11 @@ class Telemetry:
     def sandbox_failed(span: Span, error_type: str) -> None:
         span.set_attribute(ERROR_TYPE, error_type)
         count(METRIC_SANDBOX_RUNS, outcome="error")
+
+
+def _outcome(err: BaseException) -> str:
+    """An ApplicationError's stable type ("FetchTimeout"), else the exception's class name."""
+    return getattr(err, "type", None) or type(err).__name__
 
 
 def sandbox_outcome(result: ExecResult) -> str:

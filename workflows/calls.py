@@ -30,8 +30,11 @@ LLM_RETRY = RetryPolicy(
 # The client's own request timeout is 120 s; the activity gets a margin on top of it.
 LLM_START_TO_CLOSE = timedelta(seconds=150)
 LLM_SCHEDULE_TO_CLOSE = timedelta(minutes=30)
-# The activity heartbeats every 2 s while it waits on the model; missing 5 of them means the worker died.
-LLM_HEARTBEAT = timedelta(seconds=10)
+# Activities heartbeat every second while they wait (activities/heartbeat.py); four missed beats mean
+# the worker died, and the call is retried elsewhere. Kept short so a run moves on within seconds of
+# a crash; see the README's "Crash recovery" for every value that bounds it.
+HEARTBEAT_TIMEOUT = timedelta(seconds=4)
+LLM_HEARTBEAT = HEARTBEAT_TIMEOUT
 
 ERR_MALFORMED_OUTPUT = "MalformedModelOutput"
 

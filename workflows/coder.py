@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
         ExecResult,
     )
     from workflows import prompts
-    from workflows.calls import chat
+    from workflows.calls import HEARTBEAT_TIMEOUT, chat
 
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 OUTPUT_CHARS_FOR_MODEL = 6000
@@ -69,7 +69,7 @@ class CoderWorkflow:
                 result_type=ExecResult,
                 # The run's own limit, plus start-up and the host-side kill grace.
                 start_to_close_timeout=timedelta(seconds=SANDBOX_TIMEOUT_SECONDS + 60),
-                heartbeat_timeout=timedelta(seconds=10),
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=RetryPolicy(
                     maximum_attempts=3,
                     non_retryable_error_types=[ERR_IMAGE_MISSING, ERR_INVALID_REQUEST],

@@ -34,7 +34,13 @@ from common.names import (
     TOOL_RECALL,
     TOOL_WEB_SEARCH,
 )
-from workflows.calls import LLM_HEARTBEAT, LLM_RETRY, LLM_SCHEDULE_TO_CLOSE, LLM_START_TO_CLOSE
+from workflows.calls import (
+    HEARTBEAT_TIMEOUT,
+    LLM_HEARTBEAT,
+    LLM_RETRY,
+    LLM_SCHEDULE_TO_CLOSE,
+    LLM_START_TO_CLOSE,
+)
 from workflows.researcher_memory import remember
 
 NODE_MEMORY = "memory"
@@ -212,7 +218,7 @@ def build_graph(nodes: ResearcherNodes) -> StateGraph:
     tool = {
         "execute_in": "activity",
         "start_to_close_timeout": timedelta(seconds=90),
-        "heartbeat_timeout": timedelta(seconds=15),
+        "heartbeat_timeout": HEARTBEAT_TIMEOUT,
         "retry_policy": TOOL_RETRY,
         "summary_fn": _tool_summary,
     }
