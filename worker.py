@@ -4,6 +4,11 @@ Configuration comes from the environment (see common/config.py); keys, the Docke
 sandbox pool are built here, once, and handed to activity objects, so they never travel through
 Temporal. Observability is wired here too: tracing rides on the client (client/connection.py), and
 CAIRN_METRICS_PORT gives this process's Temporal runtime a Prometheus endpoint.
+
+One process runs two Temporal workers: one for workflows and non-LLM activities on the task queue,
+and one for LLM calls on `<task queue>-llm`, whose dispatch rate the Temporal server caps across every
+worker polling it (CAIRN_LLM_RATE_PER_SECOND). A provider's rate limit is per account, so only a limit
+shared by all workers protects it; a per-worker limit would grow with the number of workers.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import asyncio
 import logging
 import os
 import signal
+from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from temporalio.client import Client
@@ -31,8 +38,16 @@ from activities.sandbox import SandboxActivities
 from activities.telemetry import Telemetry
 from activities.web_search import WebSearch
 from client.connection import connect
-from common.config import LLMConfig, TemporalConfig, cairn_home, metrics_port
-from common.names import RESEARCHER_GRAPH
+from common.config import (
+    WORKER_ROLES,
+    LLMConfig,
+    LLMLimits,
+    TemporalConfig,
+    cairn_home,
+    metrics_port,
+    worker_role,
+)
+from common.names import RESEARCHER_GRAPH, llm_task_queue
 from common.telemetry import shutdown_process_tracing
 from common.web_config import FetchConfig, SearchConfig
 from workflows.coder import CoderWorkflow
@@ -56,6 +71,39 @@ POLLER_TUNING: dict[str, Any] = {
 }
 
 
+class CairnWorker:
+    """The Temporal workers of one Cairn worker process, started and stopped together:
+    `async with build_worker(...)` or `await build_worker(...).run()`."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        self.workers = workers
+        self._stack: AsyncExitStack | None = None
+
+    async def __aenter__(self) -> CairnWorker:
+        async with AsyncExitStack() as stack:
+            for worker in self.workers:
+                await stack.enter_async_context(worker)
+            self._stack = stack.pop_all()  # Started: keep them running past this block.
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.__aexit__(exc_type, exc, tb)
+
+    async def run(self) -> None:
+        """Run until shut down; if one worker fails, the others stop too and the error is raised."""
+        try:
+            await asyncio.gather(*(worker.run() for worker in self.workers))
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(worker.shutdown() for worker in self.workers))
+
+
 def build_worker(
     client: Client,
     task_queue: str,
@@ -66,11 +114,18 @@ def build_worker(
     search: SearchConfig | None = None,
     fetch: FetchConfig | None = None,
     corpus: Corpus | None = None,
+    llm_limits: LLMLimits | None = None,
+    role: str = "all",
     **options: Any,
-) -> Worker:
-    """`options` go to Worker as they are (tests use `max_cached_workflows=0` to force replays).
+) -> CairnWorker:
+    """`options` go to the workflow worker as they are (tests use `max_cached_workflows=0` to force
+    replays); an `identity` there also names the LLM worker, as `<identity>/llm`.
     The researcher's tools come from the environment unless given: search backends, the page
-    fetcher's limits, and the corpus (PostgreSQL with DATABASE_URL, else SQLite in `home`)."""
+    fetcher's limits, and the corpus (PostgreSQL with DATABASE_URL, else SQLite in `home`).
+    `llm_limits` (else CAIRN_LLM_*) sets the LLM worker's rate and concurrency; `role` is `all`,
+    `workflows` (no LLM worker) or `llm` (only the LLM worker)."""
+    if role not in WORKER_ROLES:
+        raise ValueError(f"unknown worker role {role!r}: one of {', '.join(WORKER_ROLES)}")
     # Activities' own spans use the tracer of the client's interceptor, so they join the run's trace.
     telemetry = Telemetry.for_client(client)
     home = home or cairn_home()
@@ -82,21 +137,48 @@ def build_worker(
         PageFetcher(fetch or FetchConfig.from_env(), telemetry),
         corpus or open_corpus({**os.environ, "CAIRN_HOME": str(home)}),
     )
+    llm_queue = llm_task_queue(task_queue)
     # The plugin wraps the graph's nodes in place, so each worker gets a graph of its own.
-    researcher = LangGraphPlugin(graphs={RESEARCHER_GRAPH: build_graph(nodes)})
-    # Connects to Docker lazily: a worker whose runs have no code steps never needs the engine.
-    sandbox = sandbox or SandboxActivities()
-    sandbox.telemetry = telemetry
-    return Worker(
-        client,
-        task_queue=task_queue,
-        workflows=[ResearchWorkflow, StepWorkflow, CoderWorkflow, ResearcherWorkflow],
-        activities=[llm_activities.chat, reports.save, sandbox.exec],
-        plugins=[researcher],
-        workflow_runner=workflow_runner(),
-        graceful_shutdown_timeout=timedelta(seconds=10),
-        **{**POLLER_TUNING, **options},
-    )
+    graph = build_graph(nodes, llm_task_queue=llm_queue)
+    researcher = LangGraphPlugin(graphs={RESEARCHER_GRAPH: graph})
+    workers: list[Worker] = []
+    if role in ("all", "workflows"):
+        # Connects to Docker lazily: a worker whose runs have no code steps never needs the engine.
+        sandbox = sandbox or SandboxActivities()
+        sandbox.telemetry = telemetry
+        workers.append(
+            Worker(
+                client,
+                task_queue=task_queue,
+                workflows=[ResearchWorkflow, StepWorkflow, CoderWorkflow, ResearcherWorkflow],
+                # llm.chat (and, through the plugin, every graph node) is registered here too, only
+                # for calls scheduled on this queue before LLM calls had a queue of their own: a run
+                # in flight across the upgrade still finds a worker for them. New calls never come here.
+                activities=[llm_activities.chat, reports.save, sandbox.exec],
+                plugins=[researcher],
+                workflow_runner=workflow_runner(),
+                graceful_shutdown_timeout=timedelta(seconds=10),
+                **{**POLLER_TUNING, **options},
+            )
+        )
+    if role in ("all", "llm"):
+        limits = llm_limits or LLMLimits.from_env()
+        workers.append(
+            Worker(
+                client,
+                task_queue=llm_queue,
+                # The plugin offers every node of the graph as an activity and names none publicly;
+                # only the model and finding nodes are ever scheduled on this queue (build_graph).
+                activities=[llm_activities.chat, *researcher.activities],
+                # Task-queue-wide and enforced by the server, across every worker polling the queue.
+                max_task_queue_activities_per_second=limits.rate_per_second,
+                # Per worker: how many calls this process has in flight at once.
+                max_concurrent_activities=limits.max_concurrent,
+                graceful_shutdown_timeout=timedelta(seconds=10),
+                identity=f"{options.get('identity') or client.identity}/llm",
+            )
+        )
+    return CairnWorker(workers)
 
 
 def metrics_runtime(port: int) -> Runtime:
@@ -108,22 +190,31 @@ def metrics_runtime(port: int) -> Runtime:
 async def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = TemporalConfig.from_env()
+    role, limits = worker_role(), LLMLimits.from_env()  # A bad value stops the worker here, named.
     port = metrics_port()
     client = await connect(config, **({"runtime": metrics_runtime(port)} if port else {}))
     if port:
         log.info("metrics at http://127.0.0.1:%d/metrics", port)
     sandbox = SandboxActivities()
-    try:
-        await sandbox.start()  # Reaps containers a crashed worker left and fills the warm pool.
-    except ApplicationError as err:
-        log.warning("code sandbox unavailable (%s): code steps fail until it is fixed", err)
+    if role != "llm":  # An LLM-only worker runs no code.
+        try:
+            await sandbox.start()  # Reaps containers a crashed worker left and fills the warm pool.
+        except ApplicationError as err:
+            log.warning("code sandbox unavailable (%s): code steps fail until it is fixed", err)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("worker on %s, namespace %s, task queue %s", config.address, config.namespace, config.task_queue)
+    if role != "workflows":
+        log.info(
+            "LLM calls on %s: %s calls/s across all workers, %d at once in this one",
+            llm_task_queue(config.task_queue),
+            "unlimited" if limits.rate_per_second is None else f"{limits.rate_per_second:g}",
+            limits.max_concurrent,
+        )
     try:
-        async with build_worker(client, config.task_queue, sandbox=sandbox):
+        async with build_worker(client, config.task_queue, sandbox=sandbox, llm_limits=limits, role=role):
             await stop.wait()
     finally:
         await sandbox.close()

@@ -36,13 +36,17 @@ from client.connection import connect
 from common.config import TemporalConfig, owner
 from common.models import (
     AbortRun,
+    AddStep,
     ApprovePlan,
+    BudgetStatus,
     EditPlan,
     Plan,
+    RaiseBudget,
     RequestChanges,
     ResearchInput,
     ResearchResult,
     RunStatus,
+    SkipStep,
     StepSpec,
 )
 from common.names import (
@@ -51,9 +55,12 @@ from common.names import (
     SEARCH_ATTR_OWNER,
     SEARCH_ATTR_PHASE,
     SIGNAL_ABORT,
+    SIGNAL_ADD_STEP,
     SIGNAL_APPROVE_PLAN,
     SIGNAL_REQUEST_CHANGES,
+    SIGNAL_SKIP_STEP,
     UPDATE_EDIT_PLAN,
+    UPDATE_RAISE_BUDGET,
 )
 
 PHASE = SearchAttributeKey.for_keyword(SEARCH_ATTR_PHASE)
@@ -216,6 +223,42 @@ class CairnClient:
             return await self._handle(workflow_id).execute_update(UPDATE_EDIT_PLAN, edit, result_type=Plan)
         except WorkflowUpdateFailedError as err:
             raise CairnError(f"plan edit rejected: {err.cause}") from None
+
+    async def skip_step(self, workflow_id: str, step_id: str) -> None:
+        """A pending step will not run; a running one is cancelled (its activities are told)."""
+        await self._handle(workflow_id).signal(SIGNAL_SKIP_STEP, SkipStep(step_id=step_id))
+
+    async def add_step(
+        self, workflow_id: str, title: str, kind: str = "research", description: str = ""
+    ) -> None:
+        """A new step joins the plan of a running run and is carried out with the others."""
+        try:
+            signal = AddStep.model_validate({"title": title, "kind": kind, "description": description})
+        except ValidationError as err:
+            raise CairnError(f"invalid step: {_explain(err)}") from None
+        await self._handle(workflow_id).signal(SIGNAL_ADD_STEP, signal)
+
+    async def raise_budget(
+        self,
+        workflow_id: str,
+        *,
+        token_budget: int | None = None,
+        cost_budget_usd: float | None = None,
+        deadline_seconds: float | None = None,
+    ) -> BudgetStatus:
+        """New limits (absolute); a paused run goes on once no limit is reached."""
+        try:
+            raised = RaiseBudget(
+                token_budget=token_budget, cost_budget_usd=cost_budget_usd, deadline_seconds=deadline_seconds
+            )
+        except ValidationError as err:
+            raise CairnError(f"invalid budget: {_explain(err)}") from None
+        try:
+            return await self._handle(workflow_id).execute_update(
+                UPDATE_RAISE_BUDGET, raised, result_type=BudgetStatus
+            )
+        except WorkflowUpdateFailedError as err:
+            raise CairnError(f"budget raise rejected: {err.cause}") from None
 
     async def abort(self, workflow_id: str, reason: str = "") -> None:
         await self._handle(workflow_id).signal(SIGNAL_ABORT, AbortRun(reason=reason))

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
+from temporalio.service import RPCError
 
 from client.api import CairnClient, CairnError, validated_input
 from client.embedded import Embedded, EmbeddedError, port_open
@@ -81,7 +82,20 @@ def render_status(workflow_id: str, status: RunStatus) -> str:
             if step.error:
                 lines.append(f"       {step.error}")
     lines.append(f"Spend: {spend(status.usage)}")
-    if status.waiting_for:
+    budget = status.budget
+    limits = [
+        f"tokens {budget.tokens_spent:,} of {budget.token_budget:,}" if budget.token_budget else "",
+        f"cost ${budget.cost_spent_usd:.4f} of ${budget.cost_budget_usd:.4f}"
+        if budget.cost_budget_usd
+        else "",
+        f"{budget.seconds_remaining:.0f} s to the deadline" if budget.seconds_remaining is not None else "",
+    ]
+    if any(limits):
+        lines.append("Budget: " + "; ".join(x for x in limits if x))
+    if status.phase == "paused":
+        lines.append(f"Paused: {budget.reached} was reached. Go on with:")
+        lines.append(f"  cairn raise-budget {workflow_id} --tokens N --cost USD --deadline SECONDS")
+    elif status.waiting_for:
         lines.append(f"Waiting for {status.waiting_for}:")
         lines.append(f"  cairn approve {workflow_id}")
         lines.append(f'  cairn revise {workflow_id} "what to change"')
@@ -126,6 +140,10 @@ async def cmd_research(args: argparse.Namespace) -> int:
         "max_plan_iterations": args.max_plan_iterations,
         "approval_timeout_seconds": args.approval_timeout,
         "on_approval_timeout": args.on_approval_timeout,
+        "token_budget": args.token_budget,
+        "cost_budget_usd": args.cost_budget,
+        "deadline_seconds": args.deadline,
+        "on_budget": args.on_budget,
     }
     options = {k: v for k, v in options.items() if v is not None}
     validated_input(args.question, **options)  # Refuse bad input before starting anything.
@@ -247,11 +265,34 @@ async def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_skip(args: argparse.Namespace) -> int:
+    await (await _connect()).skip_step(args.id, args.step)
+    _emit(args, {"skipped": args.step}, f"Asked {args.id} to skip step {args.step}.")
+    return 0
+
+
+async def cmd_add_step(args: argparse.Namespace) -> int:
+    await (await _connect()).add_step(args.id, args.title, args.kind, args.description)
+    _emit(args, {"added": args.title}, f"Asked {args.id} to add the step: {args.title}")
+    return 0
+
+
+async def cmd_raise_budget(args: argparse.Namespace) -> int:
+    budget = await (await _connect()).raise_budget(
+        args.id, token_budget=args.tokens, cost_budget_usd=args.cost, deadline_seconds=args.deadline
+    )
+    _emit(args, budget, f"Budget of {args.id} is now: {budget.model_dump_json(exclude_none=True)}")
+    return 0
+
+
 async def cmd_replay(args: argparse.Namespace) -> int:
     from client.replay import replay_run
 
     cairn = await _connect()
-    outcomes = await replay_run(cairn.temporal, args.id, children=not args.no_children)
+    try:
+        outcomes = await replay_run(cairn.temporal, args.id, children=not args.no_children)
+    except RPCError as err:
+        raise CairnError(f"cannot fetch the history of {args.id}: {err.message}") from None
     lines = [
         f"{'ok  ' if o.ok else 'FAIL'} {o.workflow_type} {o.workflow_id} ({o.events} events)"
         + (f"\n     {o.problem}" if o.problem else "")
@@ -282,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     research.add_argument("--max-plan-iterations", type=int, help="replans allowed")
     research.add_argument("--approval-timeout", type=float, help="seconds to wait for approval")
     research.add_argument("--on-approval-timeout", choices=["approve", "abort"])
+    research.add_argument("--token-budget", type=int, help="tokens the whole run may spend")
+    research.add_argument("--cost-budget", type=float, help="US dollars the whole run may spend")
+    research.add_argument("--deadline", type=float, help="seconds from the start")
+    research.add_argument("--on-budget", choices=["pause", "finish"], help="at a limit (default pause)")
 
     for name, handler, help_text in (
         ("approve", cmd_approve, "approve the plan awaiting approval"),
@@ -311,6 +356,19 @@ def build_parser() -> argparse.ArgumentParser:
     abort.add_argument("id")
     abort.add_argument("--reason", default="aborted by a person")
     command("list", cmd_list, "list research runs").add_argument("--limit", type=int, default=20)
+    skip = command("skip", cmd_skip, "skip a pending step, or cancel a running one")
+    skip.add_argument("id")
+    skip.add_argument("step", help="step id, e.g. s3")
+    add = command("add-step", cmd_add_step, "add a step to a running run")
+    add.add_argument("id")
+    add.add_argument("title")
+    add.add_argument("--kind", choices=["research", "code"], default="research")
+    add.add_argument("--description", default="")
+    raise_cmd = command("raise-budget", cmd_raise_budget, "raise a run's limits (a paused run goes on)")
+    raise_cmd.add_argument("id")
+    raise_cmd.add_argument("--tokens", type=int, help="new token budget for the whole run")
+    raise_cmd.add_argument("--cost", type=float, help="new cost budget, US dollars")
+    raise_cmd.add_argument("--deadline", type=float, help="new deadline, seconds from the start")
     replay = command("replay", cmd_replay, "replay a run's history against this code (no LLM calls)")
     replay.add_argument("id")
     replay.add_argument("--no-children", action="store_true", help="skip the steps' child workflows")

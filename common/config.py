@@ -163,6 +163,50 @@ class LLMConfig:
 
 
 @dataclass(frozen=True)
+class LLMLimits:
+    """How hard Cairn's workers, all together, may drive the LLM provider.
+
+    `rate_per_second` (CAIRN_LLM_RATE_PER_SECOND) caps LLM calls per second across every worker: it
+    is the LLM task queue's dispatch rate, which the Temporal server enforces, so ten workers get N
+    calls a second between them, not 10 N. None means no cap. `max_concurrent` (CAIRN_LLM_MAX_CONCURRENT)
+    is how many calls one worker has in flight at once. Every worker should be given the same rate:
+    the server keeps the value of whichever worker polled last."""
+
+    rate_per_second: float | None = None
+    max_concurrent: int = 8
+
+    @staticmethod
+    def from_env(env: Mapping[str, str] | None = None) -> LLMLimits:
+        env = os.environ if env is None else env
+        rate: float | None = None
+        if env.get("CAIRN_LLM_RATE_PER_SECOND"):
+            rate = _float(env, "CAIRN_LLM_RATE_PER_SECOND", 0.0)
+            # inf and nan parse as floats but mean nothing to the server.
+            if not 0 < rate < float("inf"):
+                raise ConfigError(
+                    f"CAIRN_LLM_RATE_PER_SECOND={env['CAIRN_LLM_RATE_PER_SECOND']!r} must be a positive "
+                    "number of calls per second (unset it for no limit)"
+                )
+        concurrent = _int(env, "CAIRN_LLM_MAX_CONCURRENT", LLMLimits.max_concurrent)
+        if concurrent < 1:
+            raise ConfigError(f"CAIRN_LLM_MAX_CONCURRENT={concurrent} must be at least 1")
+        return LLMLimits(rate_per_second=rate, max_concurrent=concurrent)
+
+
+WORKER_ROLES = ("all", "workflows", "llm")
+
+
+def worker_role(env: Mapping[str, str] | None = None) -> str:
+    """CAIRN_WORKER_ROLE: `all` (default) runs workflows and LLM calls, `workflows` or `llm` one side,
+    so a deployment can scale LLM callers apart from orchestration."""
+    env = os.environ if env is None else env
+    role = env.get("CAIRN_WORKER_ROLE") or "all"
+    if role not in WORKER_ROLES:
+        raise ConfigError(f"CAIRN_WORKER_ROLE={role!r} must be one of {', '.join(WORKER_ROLES)}")
+    return role
+
+
+@dataclass(frozen=True)
 class TemporalConfig:
     """Where the Temporal server is. `explicit` is false when nothing was configured, in which case
     Cairn may start its embedded dev server at the default address."""

@@ -22,6 +22,7 @@ MAX_FEEDBACK_CHARS = 8000
 Phase = Literal[
     "planning",
     "awaiting_approval",
+    "paused",  # a budget or the deadline was reached; waiting for `raise_budget` (or `abort`)
     "researching",
     "replanning",
     "reporting",
@@ -33,6 +34,7 @@ StepKind = Literal["research", "code"]
 StepStatus = Literal["pending", "running", "done", "failed", "skipped"]
 Role = Literal["planner", "researcher", "coder", "reporter"]
 TimeoutPolicy = Literal["approve", "abort"]
+BudgetPolicy = Literal["pause", "finish"]
 
 
 class _Strict(BaseModel):
@@ -70,6 +72,15 @@ class ResearchInput(_Strict):
     researcher_tool_calls: int = Field(default=8, ge=0, le=100)
     researcher_tokens: int = Field(default=60_000, ge=1000)
     researcher_context_tokens: int = Field(default=8000, ge=1000)
+    # The run's budgets, counted in workflow state (exact through crashes). None is no limit. At a
+    # limit the run pauses for `raise_budget`, or with on_budget="finish" writes its report from
+    # what it has. The reporter's one call is allowed past a limit, so a run always ends in a report.
+    token_budget: int | None = Field(default=None, ge=1)
+    cost_budget_usd: float | None = Field(default=None, gt=0)
+    deadline_seconds: float | None = Field(default=None, gt=0)
+    on_budget: BudgetPolicy = "pause"
+    # Set by the workflow itself when it continues as new: the state a long run carries forward.
+    carried: Carried | None = None
 
     @field_validator("question")
     @classmethod
@@ -179,6 +190,20 @@ class ResearchResult(_Payload):
     plan: Plan | None = None
 
 
+class BudgetStatus(_Payload):
+    """Spent and remaining against each limit; a None limit is unlimited."""
+
+    token_budget: int | None = None
+    tokens_spent: int = 0
+    tokens_remaining: int | None = None
+    cost_budget_usd: float | None = None
+    cost_spent_usd: float = 0.0
+    cost_remaining_usd: float | None = None
+    deadline: str | None = None  # ISO 8601, UTC
+    seconds_remaining: float | None = None
+    reached: str | None = None  # which limit stopped new work, when one has
+
+
 class RunStatus(_Payload):
     """What the `status` query answers."""
 
@@ -191,6 +216,8 @@ class RunStatus(_Payload):
     report_path: str | None = None
     error: str | None = None
     aborted_reason: str | None = None
+    budget: BudgetStatus = Field(default_factory=BudgetStatus)
+    continued: int = 0  # how many times the run has continued as new
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -223,6 +250,42 @@ class AbortRun(_Strict):
 class EditPlan(_Strict):
     plan_version: int
     steps: list[StepSpec]
+
+
+class SkipStep(_Strict):
+    """Signal `skip_step`: a pending step will not run; a running one is cancelled."""
+
+    step_id: str
+
+
+class AddStep(StepSpec):
+    """Signal `add_step`: a new step joins the plan while research runs (`id` is assigned)."""
+
+
+class RaiseBudget(_Strict):
+    """Update `raise_budget`: new limits (absolute, not increments); fields left out stay as they are.
+    `deadline_seconds` counts from the run's start."""
+
+    token_budget: int | None = Field(default=None, ge=1)
+    cost_budget_usd: float | None = Field(default=None, gt=0)
+    deadline_seconds: float | None = Field(default=None, gt=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Continue-as-new.
+
+
+class Carried(_Payload):
+    """What a run hands to its continuation: enough to go on without repeating any work."""
+
+    plan: Plan
+    findings: list[Finding] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    iterations: int = 0
+    next_step: int = 1
+    started_at: str  # ISO 8601: the first run's start, for the deadline
+    continued: int = 0
+    budget: RaiseBudget | None = None  # limits raised during the run
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -268,3 +331,6 @@ class SaveReport(_Payload):
 
 class SavedReport(_Payload):
     path: str
+
+
+ResearchInput.model_rebuild()

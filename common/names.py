@@ -8,6 +8,15 @@ from typing import Final
 
 # Task queues.
 DEFAULT_TASK_QUEUE: Final = "research"
+# LLM calls run on a queue of their own beside the workflows' queue, so the Temporal server can cap the
+# calls per second of every worker together (a provider's limit is per account, not per worker).
+LLM_TASK_QUEUE_SUFFIX: Final = "-llm"
+
+
+def llm_task_queue(task_queue: str) -> str:
+    """The queue of the LLM activities that workflows on `task_queue` schedule."""
+    return f"{task_queue}{LLM_TASK_QUEUE_SUFFIX}"
+
 
 # Workflow types.
 RESEARCH_WORKFLOW: Final = "ResearchWorkflow"
@@ -38,7 +47,10 @@ SANDBOX_EXEC: Final = "sandbox.exec"
 SIGNAL_APPROVE_PLAN: Final = "approve_plan"
 SIGNAL_REQUEST_CHANGES: Final = "request_changes"
 SIGNAL_ABORT: Final = "abort"
+SIGNAL_SKIP_STEP: Final = "skip_step"
+SIGNAL_ADD_STEP: Final = "add_step"
 UPDATE_EDIT_PLAN: Final = "edit_plan"
+UPDATE_RAISE_BUDGET: Final = "raise_budget"
 QUERY_STATUS: Final = "status"
 
 # Custom search attributes (Keyword), registered by `cairn dev` (client/embedded.py) and filterable in

@@ -30,11 +30,12 @@ def marker(k: int) -> str:
 
 
 class ResearchSite:
-    def __init__(self) -> None:
+    def __init__(self, pages: tuple[str, ...] = LONG_PAGES) -> None:
+        """`pages`: the fixture pages articles are made from (short ones keep recorded histories small)."""
         self._http = LoopbackServer()
         self._lock = threading.Lock()
         self.requests: list[str] = []  # paths with query strings, in order
-        self._pages = [(PAGES / name).read_text(encoding="utf-8") for name in LONG_PAGES]
+        self._pages = [(PAGES / name).read_text(encoding="utf-8") for name in pages]
 
     @property
     def url(self) -> str:

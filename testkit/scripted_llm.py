@@ -5,8 +5,9 @@ retries, status codes, `Retry-After` and token accounting are exercised for real
 on the request, so the same run gives the same report; faults are injected per request from a queue.
 It listens on loopback only. Run standalone with `python -m testkit.scripted_llm --port 8099`.
 
-Question markers steer the default script: `[steps=N]` sets the plan's size, `[replan=K]` makes the
-reviewer ask for one more step K times.
+Question markers steer the default script: `[steps=N]` sets the plan's size, `[code]` adds a code
+step to it, `[replan=K]` makes the reviewer ask for one more step K times. A `chooser` (testkit/chaos.py)
+may decide a fault for any request the queue of scripted faults leaves alone.
 """
 
 from __future__ import annotations
@@ -111,13 +112,21 @@ def default_reply(messages: list[dict[str, str]]) -> str:
             }
             for i in range(1, count + 1)
         ]
+        if "[code]" in question:
+            steps.append(
+                {
+                    "title": "Compute the squares of 1 to 10",
+                    "kind": "code",
+                    "description": "Sum them, and save them as a table and a chart.",
+                }
+            )
         feedback = re.search(r"Feedback from the person: (.*)", text)
         if feedback:
             steps.append({"title": f"Address feedback: {feedback.group(1)[:80]}", "kind": "research"})
         return json.dumps({"rationale": "Cover each aspect once.", "steps": steps})
     if role == "reviewer":
         wanted = _marker(question, "replan", 0)
-        done = text.count("Follow-up ")
+        done = len(set(re.findall(r"Follow-up (\d+)", text)))
         if done < wanted:
             return json.dumps(
                 {
@@ -166,7 +175,9 @@ def _coder_reply(messages: list[dict[str, str]], text: str) -> str:
     if "Program output:" in text:
         output = text.split("Program output:", 1)[1].strip()
         printed = output.split("stdout:\n", 1)[1].splitlines()[0] if "stdout:\n" in output else "nothing"
-        return f"The program ran ({output.splitlines()[0]}) and printed: {printed}."
+        # The run's duration is left out: the same run must give the same report.
+        outcome = re.sub(r" after \d+ ms", "", output.splitlines()[0])
+        return f"The program ran ({outcome}) and printed: {printed}."
     if last.startswith("The program failed"):
         return f"Fixed:\n```python\n{CODER_PROGRAM}```"
     return f"Here is the program:\n```python\n{CODER_PROGRAM}```"
@@ -183,6 +194,10 @@ class Fault:
     content: str | None = None  # status 200 with this content: a malformed answer, say.
 
 
+# Decides, from the role and the request body, a fault for a request no scripted fault matched.
+Chooser = Callable[[str, dict[str, Any]], Fault | None]
+
+
 @dataclass
 class Recorded:
     role: str
@@ -190,6 +205,8 @@ class Recorded:
     status: int
     authorization: str = ""
     model: str = ""
+    # When the request arrived (time.monotonic), so tests can measure the rate calls come in at.
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -198,6 +215,7 @@ class ScriptedLLM:
     api_key: str | None = None
     reply: Reply = default_reply
     port: int = 0
+    chooser: Chooser | None = None
     requests: list[Recorded] = field(default_factory=list)
     _faults: list[Fault] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -252,6 +270,7 @@ class ScriptedLLM:
         self._http.shutdown()
 
     def respond(self, body: dict[str, Any], authorization: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+        arrived = time.monotonic()
         messages = body.get("messages") or []
         role = role_of(messages)
         fault = None
@@ -260,9 +279,13 @@ class ScriptedLLM:
             status, headers, payload = 401, {}, _error(401, "Incorrect API key provided.")
         else:
             fault = self._take_fault(role)
+            if fault is None and self.chooser is not None:
+                fault = self.chooser(role, body)
             status, headers, payload = self._answer(body, messages, fault)
         with self._lock:
-            self.requests.append(Recorded(role, messages, status, authorization, str(body.get("model", ""))))
+            self.requests.append(
+                Recorded(role, messages, status, authorization, str(body.get("model", "")), at=arrived)
+            )
         time.sleep(self.latency + (fault.delay if fault else 0.0))
         return status, headers, payload
 
@@ -346,8 +369,12 @@ def _handler_for(llm: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             for name, value in headers.items():
                 self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                # The client gave up waiting (a scripted timeout): its business, not an error here.
+                self.close_connection = True
 
     return Handler
 

@@ -1,21 +1,24 @@
 """Record the committed histories that tests/test_replay.py replays: `python -m tests.record_histories`.
 
-Re-record only on purpose (a new workflow type or a deliberate, patched change); the old files are the
-guard that changed workflow code still replays runs that are already in flight.
+Only histories that are not there yet are written (`--force` rewrites them all): the old files are the
+guard that changed workflow code still replays runs that are already in flight, so keep them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import tempfile
 import uuid
 from pathlib import Path
 
 from client.api import CairnClient
-from client.connection import connect
+from client.connection import connect, data_converter
 from common.config import LLMConfig, TemporalConfig
+from common.web_config import FetchConfig, SearchConfig
 from testkit.dev_server import DevServer
+from testkit.research_site import ResearchSite
 from testkit.scripted_llm import ScriptedLLM
 from tests.helpers import wait_for
 from worker import build_worker
@@ -75,6 +78,24 @@ async def _scenarios(cairn: CairnClient, llm: ScriptedLLM) -> dict[str, str]:
     await cairn.result(wid)
     ids["research_code_step"] = wid
     ids["coder"] = f"{wid}/s1"
+
+    # The researcher agent: search, read two pages, recall, write a finding; then steering and a
+    # budget pause in the parent.
+    wid = await cairn.start(
+        "Recorded researcher [steps=2] [recall]",
+        auto_approve=True,
+        max_plan_iterations=0,
+        max_parallel_steps=1,
+        token_budget=100,  # The plan alone spends more: the run pauses before any step.
+        workflow_id="research_agent",
+    )
+    await wait_for(cairn, wid, "paused")
+    await cairn.add_step(wid, "An added step")
+    await cairn.skip_step(wid, "s2")
+    await cairn.raise_budget(wid, token_budget=10_000_000)
+    await cairn.result(wid)
+    ids["research_agent"] = wid
+    ids["researcher"] = f"{wid}/s1"
     return ids
 
 
@@ -83,27 +104,42 @@ def file_name(workflow_id: str) -> str:
     return workflow_id.replace("/", "__") + ".json"
 
 
-async def main() -> None:
+async def main(force: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = DevServer(db_file=Path(tmp) / "temporal.db").start()
         llm = ScriptedLLM().start()
+        site = ResearchSite(pages=("glacier-flow.html",)).start()  # Short pages: small histories.
         try:
-            client = await connect(TemporalConfig.from_env({"TEMPORAL_ADDRESS": server.address}))
+            # Every payload inline: a committed history must replay without this machine's payload store.
+            converter = data_converter({"CAIRN_HOME": tmp, "CAIRN_PAYLOAD_THRESHOLD_BYTES": str(2**30)})
+            client = await connect(
+                TemporalConfig.from_env({"TEMPORAL_ADDRESS": server.address}), data_converter=converter
+            )
             queue = f"record-{uuid.uuid4().hex[:8]}"
             config = LLMConfig(api_key="sk-recording", base_url=llm.base_url)
-            async with build_worker(client, queue, config, home=Path(tmp)):
+            async with build_worker(
+                client,
+                queue,
+                config,
+                home=Path(tmp),
+                search=SearchConfig(searxng_url=site.url),
+                fetch=FetchConfig(allow_private=True),
+            ):
                 ids = await _scenarios(CairnClient(client, queue), llm)
             OUT.mkdir(exist_ok=True)
-            for old in OUT.glob("*.json"):
-                old.unlink()
             for wid in ids.values():
+                path = OUT / file_name(wid)
+                if path.exists() and not force:
+                    print(f"kept {path.name} (recorded earlier; --force rewrites it)")
+                    continue
                 history = await client.get_workflow_handle(wid).fetch_history()
-                (OUT / file_name(wid)).write_text(json.dumps(history.to_json_dict(), indent=1) + "\n")
+                path.write_text(json.dumps(history.to_json_dict(), indent=1) + "\n")
                 print(f"recorded {wid}: {len(history.events)} events")
         finally:
+            site.stop()
             llm.stop()
             server.stop()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(force="--force" in sys.argv[1:]))

@@ -16,6 +16,7 @@ from common.names import (
     METRIC_LLM_INPUT_TOKENS,
     METRIC_LLM_OUTPUT_TOKENS,
     METRIC_SANDBOX_RUNS,
+    llm_task_queue,
 )
 from testkit.dev_server import DevServer, free_port
 from testkit.scripted_llm import ScriptedLLM
@@ -59,13 +60,15 @@ async def test_counters_match_the_run(
 
     assert any(n.startswith("temporal_") for n, _, _ in samples)  # The SDK's own metrics.
     queue = {"task_queue": task_queue}
-    ok_calls = total(samples, METRIC_LLM_CALLS, outcome="ok", **queue)
+    # LLM calls run on the LLM queue (worker.py), and their metrics carry its name.
+    llm_queue = {"task_queue": llm_task_queue(task_queue)}
+    ok_calls = total(samples, METRIC_LLM_CALLS, outcome="ok", **llm_queue)
     assert ok_calls == llm.calls(status=200) == result.usage.llm_calls == 5
-    assert total(samples, METRIC_LLM_CALLS, outcome="LLMServerError", role="reporter", **queue) == 1
-    assert total(samples, METRIC_LLM_CALLS, role="coder", model="gpt-4o-mini", **queue) == 3
-    assert total(samples, METRIC_LLM_INPUT_TOKENS, **queue) == result.usage.input_tokens
-    assert total(samples, METRIC_LLM_OUTPUT_TOKENS, **queue) == result.usage.output_tokens
-    cost = total(samples, f"{METRIC_LLM_COST}_sum", **queue)
+    assert total(samples, METRIC_LLM_CALLS, outcome="LLMServerError", role="reporter", **llm_queue) == 1
+    assert total(samples, METRIC_LLM_CALLS, role="coder", model="gpt-4o-mini", **llm_queue) == 3
+    assert total(samples, METRIC_LLM_INPUT_TOKENS, **llm_queue) == result.usage.input_tokens
+    assert total(samples, METRIC_LLM_OUTPUT_TOKENS, **llm_queue) == result.usage.output_tokens
+    cost = total(samples, f"{METRIC_LLM_COST}_sum", **llm_queue)
     assert abs(cost - result.usage.cost_usd) < 1e-9 and cost > 0
     assert total(samples, METRIC_SANDBOX_RUNS, outcome="failed", **queue) == 1
     assert total(samples, METRIC_SANDBOX_RUNS, outcome="ok", **queue) == 1

@@ -19,7 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
     from common.models import ChatMessage, ChatRequest, ChatResponse, Role, StepSpec, Usage
-    from common.names import LLM_CHAT
+    from common.names import LLM_CHAT, llm_task_queue
 
 LLM_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -47,6 +47,8 @@ async def chat(role: Role, messages: list[ChatMessage], summary: str, usage: Usa
         LLM_CHAT,
         ChatRequest(role=role, messages=messages, purpose=summary),
         result_type=ChatResponse,
+        # The LLM queue: the server caps its dispatch rate across all workers together (worker.py).
+        task_queue=llm_task_queue(workflow.info().task_queue),
         start_to_close_timeout=LLM_START_TO_CLOSE,
         schedule_to_close_timeout=LLM_SCHEDULE_TO_CLOSE,
         heartbeat_timeout=LLM_HEARTBEAT,

@@ -72,6 +72,15 @@ def artifacts_section(findings: list[Finding]) -> str:
     return "\n\n## Artifacts\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
+def budget_section(reached: str | None) -> str:
+    if not reached:
+        return ""
+    return (
+        f"\n\n## Budget\n\nThis run stopped starting new work when {reached}, as its budget policy "
+        "says; the report is written from what it had found by then.\n"
+    )
+
+
 def unfinished_section(plan: Plan | None) -> str:
     if plan is None:
         return ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -22,19 +22,25 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from common.models import (
+        MAX_STEPS,
         AbortRun,
+        AddStep,
         ApprovePlan,
+        BudgetStatus,
+        Carried,
         EditPlan,
         Finding,
         Phase,
         Plan,
         PlanStep,
+        RaiseBudget,
         RequestChanges,
         ResearchInput,
         ResearchResult,
         RunStatus,
         SavedReport,
         SaveReport,
+        SkipStep,
         StepInput,
         StepSpec,
         Usage,
@@ -47,12 +53,16 @@ with workflow.unsafe.imports_passed_through():
         RESEARCHER_WORKFLOW,
         SEARCH_ATTR_PHASE,
         SIGNAL_ABORT,
+        SIGNAL_ADD_STEP,
         SIGNAL_APPROVE_PLAN,
         SIGNAL_REQUEST_CHANGES,
+        SIGNAL_SKIP_STEP,
         STEP_WORKFLOW,
         UPDATE_EDIT_PLAN,
+        UPDATE_RAISE_BUDGET,
     )
     from workflows import prompts, reporting
+    from workflows.budget import Budget
     from workflows.calls import chat, chat_structured, parse_plan, parse_review
     from workflows.details import render_details
 
@@ -95,6 +105,22 @@ class ResearchWorkflow:
         self._usage = Usage()
         self._findings: dict[str, Finding] = {}
         self._next_step = 1
+        self._continued = 0
+        carried = request.carried
+        started_at = workflow.now()
+        if carried is not None:  # A continuation: pick up where the previous run left off.
+            self._plan = carried.plan
+            self._findings = {f.step_id: f for f in carried.findings}
+            self._usage = carried.usage
+            self._iterations = carried.iterations
+            self._next_step = carried.next_step
+            self._continued = carried.continued
+            started_at = datetime.fromisoformat(carried.started_at)
+        self._budget = Budget(request, started_at, carried.budget if carried else None)
+        self._reached: str | None = None  # the limit that stopped new work, while it holds
+        self._finished_by_budget: str | None = None
+        self._steps: dict[str, asyncio.Task[None]] = {}  # running step tasks, for skip_step
+        self._skipped: set[str] = set()
         self._approved: int | None = None
         self._changes: RequestChanges | None = None
         self._abort: AbortRun | None = None
@@ -168,23 +194,32 @@ class ResearchWorkflow:
     async def _research(self) -> str:
         """Returns the report's markdown: full when the run completes, partial when it is aborted."""
         try:
-            self._failed_while = "planning"
-            draft = await self._unless_aborted(
-                chat_structured(
-                    "planner",
-                    prompts.plan_messages(self._input.question, self._input.max_steps),
-                    parse_plan,
-                    attempts=self._input.max_plan_attempts,
-                    summary="plan v1",
-                    usage=self._usage,
+            resumed = self._input.carried is not None
+            if not resumed:
+                self._failed_while = "planning"
+                await self._unless_aborted(self._within_budget())
+                draft = await self._unless_aborted(
+                    chat_structured(
+                        "planner",
+                        prompts.plan_messages(self._input.question, self._input.max_steps),
+                        parse_plan,
+                        attempts=self._input.max_plan_attempts,
+                        summary="plan v1",
+                        usage=self._usage,
+                    )
                 )
-            )
-            self._install_plan(draft.steps, draft.rationale)
+                self._install_plan(draft.steps, draft.rationale)
             while True:
-                await self._await_approval()
-                self._failed_while = "researching"
-                await self._unless_aborted(self._execute_pending())
-                if self._iterations >= self._input.max_plan_iterations:
+                if not resumed:
+                    await self._await_approval()
+                    self._failed_while = "researching"
+                    await self._unless_aborted(self._execute_pending())
+                    self._continue_as_new_if_suggested()
+                resumed = False
+                if self._iterations >= self._input.max_plan_iterations or self._finished_by_budget:
+                    break
+                await self._unless_aborted(self._within_budget())
+                if self._finished_by_budget:
                     break
                 self._failed_while = "replanning"
                 new_steps = await self._unless_aborted(self._review())
@@ -196,6 +231,7 @@ class ResearchWorkflow:
             return await self._unless_aborted(self._write_report())
         except _Aborted:
             reason = self._abort.reason if self._abort else ""
+            self._reached = None
             return reporting.partial_report(
                 self._input.question, reason, self._plan, self._ordered_findings()
             )
@@ -228,6 +264,7 @@ class ResearchWorkflow:
                 return
             if self._changes is not None:
                 changes, self._changes = self._changes, None
+                await self._unless_aborted(self._within_budget())
                 self._set_phase("planning")
                 self._failed_while = "revising the plan"
                 draft = await self._unless_aborted(
@@ -246,14 +283,40 @@ class ResearchWorkflow:
             # Otherwise an edit made a new version: wait again, with a fresh timer for it.
 
     async def _execute_pending(self) -> None:
+        """Run pending steps, at most max_parallel_steps at once; a step added while they run
+        (`add_step`) joins them, a skipped one (`skip_step`) never starts or is cancelled."""
         assert self._plan is not None
         self._set_phase("researching")
         limit = asyncio.Semaphore(self._input.max_parallel_steps)
-        pending = [s for s in self._plan.steps if s.status == "pending"]
-        await asyncio.gather(*(self._run_step(step, limit) for step in pending))
+        while True:
+            new = [s for s in self._plan.steps if s.status == "pending" and s.id not in self._steps]
+            for step in new:
+                self._steps[step.id] = asyncio.ensure_future(self._run_step(step, limit))
+            running = [t for t in self._steps.values() if not t.done()]
+            if not running:
+                break
+            await workflow.wait_condition(
+                lambda: all(t.done() for t in self._steps.values()) or self._has_new_pending()
+            )
+        for task in self._steps.values():
+            task.result()  # An abort's cancellation, or a bug, surfaces here.
+        self._steps.clear()
+
+    def _has_new_pending(self) -> bool:
+        steps = self._plan.steps if self._plan else []
+        return any(s.status == "pending" and s.id not in self._steps for s in steps)
 
     async def _run_step(self, step: PlanStep, limit: asyncio.Semaphore) -> None:
         async with limit:
+            if step.status != "pending":
+                return  # Skipped while it waited for a slot.
+            await self._within_budget()
+            if self._finished_by_budget:
+                step.status, step.error = "skipped", f"not run: {self._finished_by_budget} was reached"
+                self._publish()
+                return
+            if step.status != "pending":
+                return  # Skipped while the run was paused.
             step.status = "running"
             self._publish()
             try:
@@ -265,7 +328,7 @@ class ResearchWorkflow:
                         context=self._context(),
                         archive_scope=f"run:{workflow.info().workflow_id}",
                         tool_calls=self._input.researcher_tool_calls,
-                        tokens=self._input.researcher_tokens,
+                        tokens=self._step_tokens(),
                         context_tokens=self._input.researcher_context_tokens,
                     ),
                     id=f"{workflow.info().workflow_id}/{step.id}",
@@ -273,11 +336,19 @@ class ResearchWorkflow:
                     static_summary=f"step {step.id}: {step.title}"[:200],
                 )
             except asyncio.CancelledError:
+                if step.id in self._skipped:
+                    step.status, step.error = "skipped", "skipped by a person while it ran"
+                    self._publish()
+                    return  # Cancelled on purpose: the child and its activities were told to stop.
                 step.status, step.error = "skipped", "the run was aborted"
                 raise
             except FailureError as err:
                 if isinstance(err.cause, CancelledError):
                     step.status, step.error = "skipped", "cancelled"
+                    if step.id in self._skipped:
+                        step.error = "skipped by a person while it ran"
+                        self._publish()
+                        return
                     raise
                 step.status, step.error = "failed", _root_message(err)[:500]
                 workflow.logger.warning("step %s failed: %s", step.id, step.error)
@@ -286,6 +357,57 @@ class ResearchWorkflow:
                 self._usage.add(finding.usage)
                 step.status = "done"
             self._publish()
+
+    def _step_tokens(self) -> int:
+        """A step may not spend more tokens than the run has left."""
+        left = self._budget.tokens_left(self._usage)
+        return (
+            self._input.researcher_tokens
+            if left is None
+            else max(min(self._input.researcher_tokens, left), 1)
+        )
+
+    async def _within_budget(self) -> None:
+        """Before new work: with a limit reached, pause until `raise_budget` (or an abort), or, by
+        policy, stop starting work and go on to the report."""
+        reached = self._budget.reached(self._usage, workflow.now())
+        if reached is None or self._finished_by_budget:
+            return
+        self._reached = reached
+        if self._input.on_budget == "finish":
+            workflow.logger.info("%s was reached: finishing with what the run has", reached)
+            self._finished_by_budget = reached
+            self._publish()
+            return
+        workflow.logger.info("%s was reached: pausing for raise_budget", reached)
+        phase = self._phase
+        self._set_phase("paused")
+        await workflow.wait_condition(
+            lambda: self._abort is not None or self._budget.reached(self._usage, workflow.now()) is None
+        )
+        self._reached = None
+        if self._abort is None:
+            self._set_phase(phase)
+
+    def _continue_as_new_if_suggested(self) -> None:
+        """Between rounds (no step running) a long run hands its state to a fresh run when Temporal
+        suggests it, so history never outgrows the server's limits. Nothing is repeated: the plan,
+        findings, usage and budgets travel in the input."""
+        if not workflow.info().is_continue_as_new_suggested():
+            return
+        assert self._plan is not None
+        carried = Carried(
+            plan=self._plan,
+            findings=self._ordered_findings(),
+            usage=self._usage,
+            iterations=self._iterations,
+            next_step=self._next_step,
+            started_at=self._budget.started_at.isoformat(),
+            continued=self._continued + 1,
+            budget=self._budget.as_raise(),
+        )
+        workflow.logger.info("continuing as new (history is long): run %d", carried.continued + 1)
+        workflow.continue_as_new(self._input.model_copy(update={"carried": carried}))
 
     @staticmethod
     def _step_workflow(step: PlanStep) -> str:
@@ -325,6 +447,7 @@ class ResearchWorkflow:
             reporting.keep_known_citations(reply.content.rstrip(), sources)
             + "\n"
             + reporting.artifacts_section(findings)
+            + reporting.budget_section(self._finished_by_budget)
             + reporting.sources_section(sources)
             + reporting.unfinished_section(self._plan)
         )
@@ -413,6 +536,8 @@ class ResearchWorkflow:
     def _waiting_for(self) -> str | None:
         if self._phase == "awaiting_approval" and self._plan is not None:
             return f"approval of plan v{self._plan.version}"
+        if self._phase == "paused":
+            return f"raise_budget: {self._reached} was reached"
         return None
 
     def _publish(self) -> None:
@@ -466,6 +591,51 @@ class ResearchWorkflow:
         if self._abort is None:
             self._abort = signal
 
+    @workflow.signal(name=SIGNAL_SKIP_STEP)
+    def skip_step(self, signal: SkipStep) -> None:
+        step = next((s for s in (self._plan.steps if self._plan else []) if s.id == signal.step_id), None)
+        if step is None or step.status not in ("pending", "running"):
+            what = "no such step" if step is None else f"it is {step.status}"
+            workflow.logger.warning("ignored skip_step for %s: %s", signal.step_id, what)
+            return
+        self._skipped.add(step.id)
+        if step.status == "pending":
+            step.status, step.error = "skipped", "skipped by a person"
+        else:
+            task = self._steps.get(step.id)
+            if task is not None:
+                task.cancel()  # Cancels the child workflow; its activities receive cancellation.
+        self._publish()
+
+    @workflow.signal(name=SIGNAL_ADD_STEP)
+    def add_step(self, signal: AddStep) -> None:
+        if self._plan is None or self._phase in ("done", "aborted", "failed", "reporting"):
+            workflow.logger.warning("ignored add_step %r: the run is %s", signal.title, self._phase)
+            return
+        if len(self._plan.steps) >= MAX_STEPS:
+            workflow.logger.warning("ignored add_step %r: the plan has %d steps", signal.title, MAX_STEPS)
+            return
+        step_id = f"s{self._next_step}"
+        self._next_step += 1
+        self._plan.steps.append(
+            PlanStep(id=step_id, title=signal.title, kind=signal.kind, description=signal.description)
+        )
+        workflow.logger.info("step %s added while the run is %s: %s", step_id, self._phase, signal.title)
+        self._publish()
+
+    @workflow.update(name=UPDATE_RAISE_BUDGET)
+    def raise_budget(self, raised: RaiseBudget) -> BudgetStatus:
+        self._budget.apply(raised)
+        return self._budget.status(
+            self._usage, workflow.now(), self._budget.reached(self._usage, workflow.now())
+        )
+
+    @raise_budget.validator
+    def _validate_raise(self, raised: RaiseBudget) -> None:
+        if self._phase in ("done", "aborted", "failed"):
+            raise ValueError(f"the run is {self._phase}")
+        self._budget.check_raise(raised, self._usage, workflow.now())
+
     @workflow.update(name=UPDATE_EDIT_PLAN)
     def edit_plan(self, edit: EditPlan) -> Plan:
         return self._install_plan(edit.steps, "edited by a person", keep_completed=True)
@@ -510,4 +680,8 @@ class ResearchWorkflow:
             report_path=self._report_path,
             error=self._error,
             aborted_reason=self._abort.reason if self._abort else None,
+            budget=self._budget.status(
+                self._usage, workflow.now(), self._reached or self._finished_by_budget
+            ),
+            continued=self._continued,
         )

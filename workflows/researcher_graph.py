@@ -206,15 +206,21 @@ def _tool_summary(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     return f"{call.get('name', 'tool')}: {detail}"[:200]
 
 
-def build_graph(nodes: ResearcherNodes) -> StateGraph:
-    """The graph, with each activity node's timeouts and retry policy in its metadata."""
-    llm = {
+def build_graph(nodes: ResearcherNodes, *, llm_task_queue: str | None = None) -> StateGraph:
+    """The graph, with each activity node's timeouts and retry policy in its metadata.
+
+    `llm_task_queue` is where the model and finding nodes run: the worker passes its LLM queue, so
+    these calls share the one rate limit with `llm.chat`. None keeps them on the workflow's own queue
+    (replay, which never schedules anything, needs no queue)."""
+    llm: dict[str, Any] = {
         "execute_in": "activity",
         "start_to_close_timeout": LLM_START_TO_CLOSE,
         "schedule_to_close_timeout": LLM_SCHEDULE_TO_CLOSE,
         "heartbeat_timeout": LLM_HEARTBEAT,
         "retry_policy": LLM_RETRY,
     }
+    if llm_task_queue is not None:
+        llm["task_queue"] = llm_task_queue
     tool = {
         "execute_in": "activity",
         "start_to_close_timeout": timedelta(seconds=90),

@@ -19,6 +19,7 @@ PASSED_THROUGH = (
     "common.names",
     # Pure helpers of the workflows (prompts, parsing, report framing, UI details): no module state,
     # no I/O. Importing them once instead of into every workflow's sandbox saves ~10 ms per new run.
+    "workflows.budget",
     "workflows.calls",
     "workflows.details",
     "workflows.prompts",

@@ -1,0 +1,98 @@
+"""Crash-proof by test: research runs at once while the worker is SIGKILLed, the Temporal server is
+killed and restarted on its database file, and a fifth of LLM requests fail (429 with Retry-After, 500,
+a timeout, malformed JSON). Every run must finish with the report a clean run of the same questions
+writes, no LLM call the server answered may run again unless a kill caught it in flight, runs must
+move again within 5 s of a new worker polling, and no sandbox container may be left.
+
+The short version, for CI (about a minute here). The long one is `python -m bench.chaos`. The
+machinery is testkit/chaos.py; this test needs the Docker engine and the sandbox image, which
+tests/sandbox_support.py provides (it fails, never skips, when they are missing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from testkit.chaos import (
+    FAULT_KINDS,
+    PROGRESS_BOUND_SECONDS,
+    Chaos,
+    Outcome,
+    figures,
+    in_flight_at_kills,
+    llm_accounting,
+    recoveries,
+    repeats,
+    run_scenario,
+    standard_runs,
+)
+from testkit.research_site import ResearchSite
+
+# With this seed, the three standard runs meet every kind of fault (worked out with
+# testkit.chaos.choose_fault over the requests of a clean run): 429s, 500s, timeouts and malformed
+# JSON, at the planner, reviewer, researcher, finding writer, coder and reporter.
+SEED = 11
+CHAOS = Chaos(worker_kills=3, server_kill=True, fault_rate=0.2, seed=SEED, kill_gap=(0.5, 3.0))
+
+
+def _evidence(outcome: Outcome) -> str:
+    """Where to look when an assertion fails: the worker's log and the server's database."""
+    return f"worker log {outcome.worker_log}; server database {outcome.worker_log.parent / 'temporal.db'}"
+
+
+@pytest.mark.timeout(420)
+async def test_runs_survive_worker_kills_a_server_restart_and_llm_faults(
+    sandbox_image: str, tmp_path: Path
+) -> None:
+    runs = standard_runs(3)
+    home = tmp_path / "home"  # Reports name artifact paths under it: both scenarios use this path.
+    site = ResearchSite().start()  # One site for both, so source URLs match.
+    try:
+        clean = await run_scenario("clean", runs, tmp_path / "clean", home, site)
+        await asyncio.to_thread(home.rename, tmp_path / "clean-home")
+        chaos = await run_scenario("chaos", runs, tmp_path / "chaos", home, site, CHAOS)
+    finally:
+        site.stop()
+    print(json.dumps(figures(clean, chaos), indent=2))
+
+    # The chaos really happened: every kill, every kind of fault.
+    assert [r.kind for r in chaos.restarts] == ["worker", "worker", "server", "worker"], chaos.restarts
+    assert all(r.exited_by_itself is None for r in chaos.restarts), "a worker died before it was killed"
+    injected = {s.outcome for s in chaos.served}
+    assert injected >= set(FAULT_KINDS), f"faults injected: {injected}"
+
+    # Every run completes, every step done, with the report the clean run wrote, byte for byte.
+    for outcome in (clean, chaos):
+        assert set(outcome.statuses.values()) == {"COMPLETED"}, (outcome.statuses, outcome.errors)
+        for wid, result in outcome.results.items():
+            assert result is not None and result.plan is not None, wid
+            assert {s.status for s in result.plan.steps} == {"done"}, (wid, result.plan.steps)
+    for wid, report in clean.reports.items():
+        assert chaos.reports[wid] == report, f"{wid}: the report differs from the clean run's"
+
+    # No completed LLM call ran again. Each call the server answered (200) is one completed activity
+    # in the histories; a call answered twice must have had a kill between the answers (it was in
+    # flight when its worker or the server died), and there are no more repeats than calls in flight.
+    for outcome in (clean, chaos):
+        counts = llm_accounting(outcome)
+        assert counts["distinct_calls_answered"] == counts["llm_activities_completed"], counts
+    assert not repeats(clean)
+    repeated = repeats(chaos)
+    assert [r for r in repeated if not r.kill_between] == [], _evidence(chaos)
+    assert len(repeated) <= in_flight_at_kills(chaos)
+
+    # After each worker restart, every open run moves again within 5 s of the new worker polling.
+    for recovery in recoveries(chaos):
+        assert recovery.slowest_run is not None and recovery.slowest_run <= PROGRESS_BOUND_SECONDS, (
+            f"a run stood still too long after worker restart {recovery.restart}: {recovery}; "
+            f"workflow task timeouts: {[t.workflow_task_timeouts for t in chaos.traces.values()]}; "
+            + _evidence(chaos)
+        )
+
+    # No sandbox container is left behind, by killed workers or by the ones stopped at the end.
+    assert clean.containers_left == [] and chaos.containers_left == []
+    assert clean.worker_exit_code == 0 and chaos.worker_exit_code == 0

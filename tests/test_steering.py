@@ -1,0 +1,128 @@
+"""Steering a running run (skip_step, add_step), budgets and deadlines (pause, raise_budget, finish),
+and continue-as-new for long runs, against the real dev server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+
+from client.api import CairnClient, CairnError
+from client.connection import connect
+from common.config import TemporalConfig
+from testkit.dev_server import DevServer
+from testkit.scripted_llm import ScriptedLLM
+from tests.conftest import llm_config
+from tests.helpers import events_of, history, wait_for
+from worker import build_worker
+
+
+async def wait_step(cairn: CairnClient, wid: str, step_id: str, status: str, seconds: float = 30) -> None:
+    for _ in range(int(seconds * 10)):
+        plan = (await cairn.status(wid)).plan
+        if plan and any(s.id == step_id and s.status == status for s in plan.steps):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"step {step_id} of {wid} never became {status}")
+
+
+async def test_skip_a_running_and_a_pending_step_and_add_one(cairn: CairnClient, llm: ScriptedLLM) -> None:
+    # Step s1's finding hangs, so s1 is caught running; one step at a time keeps s3 pending.
+    llm.answer_next("too late", role="finding", delay=30)
+    wid = await cairn.start(
+        "Steered [steps=3]", auto_approve=True, max_parallel_steps=1, max_plan_iterations=0
+    )
+    while llm.calls("finding") < 1:
+        await asyncio.sleep(0.05)
+    await cairn.skip_step(wid, "s3")
+    await cairn.skip_step(wid, "s1")
+    await cairn.add_step(wid, "A step added while it ran")
+    await cairn.skip_step(wid, "nope")  # Unknown: logged and ignored, the run goes on.
+    result = await cairn.result(wid)
+
+    steps = {s.id: s for s in result.plan.steps}  # type: ignore[union-attr]
+    assert [steps[i].status for i in ("s1", "s2", "s3", "s4")] == ["skipped", "done", "skipped", "done"]
+    assert steps["s1"].error == "skipped by a person while it ran"
+    assert steps["s3"].error == "skipped by a person" and steps["s4"].title == "A step added while it ran"
+    assert "A step added while it ran" in result.report
+    assert "## Steps not completed" in result.report and "skipped by a person" in result.report
+    # The running step's child was cancelled, and so was its activity (it heard of it by heartbeat).
+    child = await history(cairn, f"{wid}/s1")
+    assert events_of(child, EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED)
+    assert events_of(child, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED)
+    assert llm.calls("finding") == 3  # s1's (cut short), s2's and s4's.
+
+
+async def test_a_reached_budget_pauses_until_raised(cairn: CairnClient, llm: ScriptedLLM) -> None:
+    wid = await cairn.start(
+        "Budgeted run [steps=2]", auto_approve=True, max_plan_iterations=0, token_budget=50
+    )
+    status = await wait_for(cairn, wid, "paused")
+    assert status.budget.reached and "token budget" in status.budget.reached
+    assert status.budget.tokens_spent > 50 and status.budget.tokens_remaining == 0
+    assert status.waiting_for and "raise_budget" in status.waiting_for
+    assert llm.calls() == 1  # The plan; no step started.
+    with pytest.raises(CairnError, match="not above"):
+        await cairn.raise_budget(wid, token_budget=10)  # Refused by the validator: still reached.
+    raised = await cairn.raise_budget(wid, token_budget=1_000_000)
+    assert raised.token_budget == 1_000_000 and raised.reached is None
+    result = await cairn.result(wid)
+    assert not result.aborted and all(s.status == "done" for s in result.plan.steps)  # type: ignore[union-attr]
+    final = await cairn.status(wid)
+    spent = final.budget.tokens_spent
+    assert spent == result.usage.input_tokens + result.usage.output_tokens
+    assert final.budget.tokens_remaining == 1_000_000 - spent
+
+
+async def test_a_passed_deadline_finishes_with_what_the_run_has(cairn: CairnClient, llm: ScriptedLLM) -> None:
+    wid = await cairn.start(
+        "Deadline run [steps=2]", max_plan_iterations=0, deadline_seconds=1.0, on_budget="finish"
+    )
+    await wait_for(cairn, wid, "awaiting_approval")
+    await asyncio.sleep(1.2)  # The deadline passes while the plan waits for approval.
+    await cairn.approve(wid)
+    result = await cairn.result(wid)
+    assert not result.aborted and "## Budget" in result.report and "the deadline" in result.report
+    assert {s.status for s in result.plan.steps} == {"skipped"}  # type: ignore[union-attr]
+    assert llm.calls("finding") == 0 and llm.calls("reporter") == 1  # The report is still written.
+
+
+@pytest.fixture
+def short_history_server(tmp_path: Path) -> Iterator[DevServer]:
+    """A server that suggests continue-as-new after 40 history events."""
+    server = DevServer(
+        db_file=tmp_path / "can.db",
+        extra_args=["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40"],
+    ).start()
+    yield server
+    server.stop()
+
+
+async def test_a_long_run_continues_as_new_without_repeating_work(
+    short_history_server: DevServer, llm: ScriptedLLM, task_queue: str, tmp_path: Path
+) -> None:
+    client: Client = await connect(
+        TemporalConfig.from_env({"TEMPORAL_ADDRESS": short_history_server.address})
+    )
+    async with build_worker(client, task_queue, llm_config(llm), home=tmp_path):
+        cairn = CairnClient(client, task_queue)
+        wid = await cairn.start("Long run [steps=2] [replan=2]", auto_approve=True, max_plan_iterations=2)
+        result = await cairn.result(wid)
+        status = await cairn.status(wid)
+    assert status.continued >= 1 and status.phase == "done"
+    assert [s.status for s in result.plan.steps] == ["done"] * 4  # type: ignore[union-attr]
+    # Exactly the calls of a run that never continued: plan, two reviews, the report, and three per
+    # step (two researcher turns and the finding) for four steps. None was made twice.
+    assert llm.calls() == 4 + 4 * 3
+    assert llm.calls("finding") == 4
+    described = await client.get_workflow_handle(wid).describe()
+    first_run = described.raw_description.workflow_execution_info.first_run_id
+    first = await client.get_workflow_handle(wid, run_id=first_run).fetch_history()
+    assert events_of(first, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW)
+    # Every step's finding reached the report, including those found before the run continued.
+    assert json.dumps(result.model_dump()).count("Follow-up") >= 2
