@@ -61,7 +61,10 @@ async def measure(threshold: int) -> dict[str, object]:
                 cairn = CairnClient(client, queue)
                 started = time.monotonic()
                 wid = await cairn.start(
-                    "Ten steps of long pages [steps=10]", auto_approve=True, max_plan_iterations=0, max_steps=10
+                    "Ten steps of long pages [steps=10]",
+                    auto_approve=True,
+                    max_plan_iterations=0,
+                    max_steps=10,
                 )
                 result = await cairn.result(wid)
                 wall = time.monotonic() - started
@@ -71,7 +74,9 @@ async def measure(threshold: int) -> dict[str, object]:
                 for e in parent.events
                 if e.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED
             ]
-            histories = [parent] + [await client.get_workflow_handle(c).fetch_history() for c in started_children]
+            histories = [parent] + [
+                await client.get_workflow_handle(c).fetch_history() for c in started_children
+            ]
             sizes = [sum(e.ByteSize() for e in h.events) for h in histories]
             stored = list((home / "payloads").glob("*/*"))
             page_bytes = sum(len(site.article(int(u.rsplit("/", 1)[1])).encode()) for u in site.fetched())

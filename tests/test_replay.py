@@ -19,9 +19,9 @@ from client import replay
 from client.api import CairnClient
 from common.models import ResearchInput, ResearchResult
 from common.names import CODER_WORKFLOW, RESEARCH_WORKFLOW, RESEARCHER_WORKFLOW, STEP_WORKFLOW
-from workflows.research import ResearchWorkflow
 from tests.conftest import CAIRN
 from tests.helpers import run
+from workflows.research import ResearchWorkflow
 from workflows.step import StepWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
