@@ -47,6 +47,6 @@ bash sandbox_images/engine.sh
 .venv/bin/python -m sandbox_images.build
 
 if [ $want_tests -eq 1 ]; then
-  apt_install docker-compose chromium fonts-liberation postgresql
+  apt_install docker-compose chromium fonts-liberation postgresql openssl
 fi
 echo "install.sh: done"

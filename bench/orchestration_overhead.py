@@ -5,7 +5,9 @@ a fixed latency per call:
     overhead per call = (run wall time - the stub's latency on the run's critical path) / calls
 By default steps run one at a time (`--parallel 1`), so the stub's latency is simply calls x latency.
 With `--parallel N` (Cairn's default is 3) the steps run in waves of N, and the critical path holds
-plan + ceil(steps / N) waves + review + report calls. Reported as p50 and p95 over several runs.
+plan + ceil(steps / N) waves of one step's calls + review + report. A research step is the researcher
+agent: two model turns (search the corpus, then conclude), one corpus_search tool activity and the
+finding, so three LLM calls in sequence. Reported as p50 and p95 over several runs.
 Target: p50 <= 50 ms. bench/temporal_floor.py measures what Temporal itself costs on the machine.
     python bench/orchestration_overhead.py [--runs 10] [--latency-ms 50] [--steps 10] [--parallel 1]
 """
@@ -54,6 +56,7 @@ async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict
                 cairn = CairnClient(client, queue)
                 for i in range(runs + 1):
                     before = llm.calls()
+                    before_steps = llm.calls("researcher") + llm.calls("finding")
                     started = time.perf_counter()
                     wid = await cairn.start(
                         f"Benchmark question {i} [steps={steps}]",
@@ -68,7 +71,12 @@ async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict
                     if i == 0:
                         continue  # Warm-up: first workflow and activity tasks pay for imports.
                     walls.append(wall)
-                    critical_calls = calls - steps + math.ceil(steps / parallel)
+                    # A step makes several sequential calls (researcher turns, then its finding); the
+                    # run's own calls (plan, review, report) are the rest. Only one step per wave
+                    # is on the critical path.
+                    step_calls = llm.calls("researcher") + llm.calls("finding") - before_steps
+                    per_step = step_calls / steps
+                    critical_calls = calls - step_calls + math.ceil(steps / parallel) * per_step
                     overheads.append((wall - critical_calls * latency_ms / 1000) / calls * 1000)
         finally:
             llm.stop()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -295,20 +296,19 @@ class RunSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def standard_runs(count: int, prefix: str = "chaos") -> list[RunSpec]:
-    """`count` auto-approved runs of two research steps each: every third adds a code step (the
-    sandbox) and runs its steps at once, the others run their steps one at a time (longer runs, so kills
-    land inside them), and every third after the first has the reviewer add a step (a replan). Question
-    text differs per run, so no two runs send the same LLM request.
+def standard_runs(count: int, steps: int = 2, prefix: str = "chaos") -> list[RunSpec]:
+    """`count` auto-approved runs of `steps` research steps each: every third adds a code step (the
+    sandbox) and runs all its steps at once, the others run their steps one at a time (longer runs, so
+    kills land inside them), and every third after the first has the reviewer add a step (a replan).
+    Question text differs per run, so no two runs send the same LLM request.
 
     A step sees the findings of the steps that finished before it started. Steps either all start at
     once or run one at a time here, so what each step sees does not depend on timing."""
     runs = []
     for i in range(count):
-        markers = "[steps=2]" + (" [code]" if i % 3 == 0 else "") + (" [replan=1]" if i % 3 == 1 else "")
-        options: dict[str, Any] = {"auto_approve": True}
-        if i % 3 != 0:
-            options["max_parallel_steps"] = 1
+        code, replan = i % 3 == 0, i % 3 == 1
+        markers = f"[steps={steps}]" + (" [code]" if code else "") + (" [replan=1]" if replan else "")
+        options: dict[str, Any] = {"auto_approve": True, "max_parallel_steps": steps + 1 if code else 1}
         runs.append(RunSpec(f"{prefix}-{i}", f"Chaos run {i}: how do old roads age? {markers}", options))
     return runs
 
@@ -372,6 +372,12 @@ class Outcome:
     @property
     def reports(self) -> dict[str, str | None]:
         return {wid: (r.report if r else None) for wid, r in self.results.items()}
+
+    def save(self, path: Path) -> None:
+        """Everything but the results' pydantic objects (their reports are kept), as JSON."""
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k != "results"}
+        data["reports"] = self.reports
+        path.write_text(json.dumps(data, indent=1, default=str))
 
 
 async def run_scenario(
@@ -441,7 +447,7 @@ async def run_scenario(
         await asyncio.to_thread(server.stop)
         llm.stop()
     left = await asyncio.to_thread(sandbox_containers, worker.pids)
-    return Outcome(
+    outcome = Outcome(
         label=label,
         results=results,
         statuses={wid: s.name for wid, s in statuses.items()},
@@ -456,6 +462,9 @@ async def run_scenario(
         worker_exit_code=exit_code,
         worker_log=worker.log_file,
     )
+    # Beside the worker's log and the server's database, so a failure can be taken apart afterwards.
+    await asyncio.to_thread(outcome.save, workdir / "evidence.json")
+    return outcome
 
 
 async def _inflict(
@@ -657,10 +666,19 @@ class Repeat:
     kill_between: bool
 
 
+# A request the worker sent just before it was killed may be read by the server just after.
+KILL_GRACE_SECONDS = 0.5
+# A reply counts as in flight at a kill when it came at most this long before: the worker reports an
+# answered call's completion within milliseconds, or within a second or two on a starved machine.
+IN_FLIGHT_SECONDS = 5.0
+
+
 def repeats(outcome: Outcome) -> list[Repeat]:
     """Every LLM call the server answered 200 more than once. A repeat is explained only when a kill
-    (of the worker or the server) fell between the two answers: the reply was in flight at the kill."""
-    kills = [r.killed_at for r in outcome.restarts]
+    fell between the two answers with the first reply in flight at it: a worker kill shortly after the
+    first request arrived, or a server outage (kill to restart) that the first answer shortly preceded
+    or fell into (the worker could not report the completion)."""
+    outages = [(r.killed_at, r.killed_at if r.kind == "worker" else r.ready_at) for r in outcome.restarts]
     answered: dict[str, list[Served]] = defaultdict(list)
     for s in outcome.served:
         if s.answered:
@@ -668,7 +686,10 @@ def repeats(outcome: Outcome) -> list[Repeat]:
     found = []
     for key, times in answered.items():
         for first, again in itertools.pairwise(times):
-            explained = any(first.at < k < again.at for k in kills)
+            explained = any(
+                start - IN_FLIGHT_SECONDS < first.at < end + KILL_GRACE_SECONDS and start < again.at
+                for start, end in outages
+            )
             found.append(Repeat(key, first.role, first.at, again.at, explained))
     return found
 
@@ -692,6 +713,7 @@ class Recovery:
     open_runs: int
     window: float  # until the next kill or the end: longer silence than this cannot be seen
     from_spawn_any: float | None = None
+    slowest: str = ""  # which run moved last (or not at all)
 
 
 def recoveries(outcome: Outcome) -> list[Recovery]:
@@ -702,26 +724,27 @@ def recoveries(outcome: Outcome) -> list[Recovery]:
     for n, r in enumerate(worker_restarts, 1):
         later = [x.killed_at for x in outcome.restarts if x.killed_at > r.ready_at]
         window_end = min(later) if later else outcome.ended_at
-        firsts = []
-        open_runs = 0
+        firsts: dict[str, float | None] = {}
         for trace in outcome.traces.values():
             if trace.closed_at is not None and trace.closed_at <= r.spawned_at:
                 continue
-            open_runs += 1
             mine = [p.at for p in trace.progress if p.identity.startswith(r.identity_prefix)]
-            firsts.append(min(mine) if mine else None)
-        seen = [f for f in firsts if f is not None]
+            firsts[trace.workflow_id] = min(mine) if mine else None
+        seen = [f for f in firsts.values() if f is not None]
         first_any = min(seen) - r.ready_at if seen else None
-        slowest = None if (None in firsts or not firsts) else max(seen) - r.ready_at
+        stuck = [wid for wid, f in firsts.items() if f is None]
+        slowest = None if (stuck or not seen) else max(seen) - r.ready_at
+        last = stuck[0] if stuck else max(firsts, key=lambda w: firsts[w] or 0.0, default="")
         found.append(
             Recovery(
                 restart=n,
                 startup=r.ready_at - r.spawned_at,
                 first_any=first_any,
                 slowest_run=slowest,
-                open_runs=open_runs,
+                open_runs=len(firsts),
                 window=window_end - r.ready_at,
                 from_spawn_any=(min(seen) - r.spawned_at) if seen else None,
+                slowest=last,
             )
         )
     return found
