@@ -132,14 +132,15 @@ class PostgresDriver(StorageDriver):
 def external_storage(env: Mapping[str, str] | None = None) -> ExternalStorage:
     """The store this process uses: PostgreSQL when DATABASE_URL is set, else files in CAIRN_HOME.
     With PostgreSQL the file driver stays registered (for reading only), so runs from before the
-    switch still load. CAIRN_PAYLOAD_THRESHOLD_BYTES sets the size above which a payload goes out."""
+    switch still load. CAIRN_PAYLOAD_THRESHOLD_BYTES sets the size above which a payload goes out;
+    CAIRN_PAYLOAD_DIR moves the files from CAIRN_HOME/payloads."""
     env = os.environ if env is None else env
     raw = env.get("CAIRN_PAYLOAD_THRESHOLD_BYTES") or str(DEFAULT_THRESHOLD_BYTES)
     try:
         threshold = int(raw)
     except ValueError as err:
         raise ConfigError(f"CAIRN_PAYLOAD_THRESHOLD_BYTES={raw!r} is not a whole number") from err
-    files = FileDriver(cairn_home(env) / "payloads")
+    files = FileDriver(Path(env.get("CAIRN_PAYLOAD_DIR") or cairn_home(env) / "payloads"))
     dsn = env.get("DATABASE_URL")
     if not dsn:
         return ExternalStorage(drivers=[files], payload_size_threshold=threshold)

@@ -13,7 +13,7 @@ import pytest
 from temporalio.client import Client
 
 from client.api import CairnClient
-from client.connection import connect
+from client.connection import connect, data_converter
 from common.config import LLMConfig, TemporalConfig
 from testkit.dev_server import DevServer
 from testkit.scripted_llm import ScriptedLLM
@@ -32,9 +32,23 @@ def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def payload_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One payload store for the session: every client, in-process worker and `cairn` subprocess
+    reads and writes the same large payloads, and never in the home directory of whoever runs the
+    tests. Set in the environment, so clients connected with the defaults use it too."""
+    path = tmp_path_factory.mktemp("payloads")
+    os.environ["CAIRN_PAYLOAD_DIR"] = str(path)
+    yield path
+    os.environ.pop("CAIRN_PAYLOAD_DIR", None)
+
+
 @pytest.fixture(scope="session")
-async def temporal_client(dev_server: DevServer) -> Client:
-    return await connect(TemporalConfig.from_env({"TEMPORAL_ADDRESS": dev_server.address}))
+async def temporal_client(dev_server: DevServer, payload_dir: Path) -> Client:
+    return await connect(
+        TemporalConfig.from_env({"TEMPORAL_ADDRESS": dev_server.address}),
+        data_converter=data_converter({"CAIRN_PAYLOAD_DIR": str(payload_dir)}),
+    )
 
 
 @pytest.fixture
@@ -64,7 +78,9 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def env(dev_server: DevServer, cairn: CairnClient, llm: ScriptedLLM, tmp_path: Path) -> dict[str, str]:
+def env(
+    dev_server: DevServer, cairn: CairnClient, llm: ScriptedLLM, tmp_path: Path, payload_dir: Path
+) -> dict[str, str]:
     """The environment of a `cairn` subprocess that talks to this test's server, worker and LLM."""
     return cli_env(
         TEMPORAL_ADDRESS=dev_server.address,
@@ -72,6 +88,7 @@ def env(dev_server: DevServer, cairn: CairnClient, llm: ScriptedLLM, tmp_path: P
         OPENAI_BASE_URL=llm.base_url,
         OPENAI_API_KEY=SENTINEL_KEY,
         CAIRN_HOME=str(tmp_path),
+        CAIRN_PAYLOAD_DIR=str(payload_dir),
     )
 
 

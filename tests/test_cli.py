@@ -121,3 +121,17 @@ async def test_research_warns_when_no_worker_polls(env: dict[str, str], cairn: C
     _, out, err = await run(CAIRN, "research", "Who will run this?", "--json", env=unpolled)
     assert "no worker polls task queue" in err and "python worker.py" in err
     await cairn.temporal.get_workflow_handle(json.loads(out)["workflow_id"]).terminate("test cleanup")
+
+
+async def test_cairn_replay_replays_a_finished_run_and_its_steps(
+    env: dict[str, str], cairn: CairnClient
+) -> None:
+    wid = await cairn.start("Replayed by the CLI [steps=2]", auto_approve=True, max_plan_iterations=0)
+    await cairn.result(wid)
+    code, out, _ = await run(CAIRN, "replay", wid, env=env)
+    assert code == 0 and f"{wid} replays cleanly" in out
+    assert out.count("ok   ResearcherWorkflow") == 2 and "ok   ResearchWorkflow" in out
+    _, out, _ = await run(CAIRN, "replay", wid, "--json", "--no-children", env=env)
+    assert [o["ok"] for o in json.loads(out)] == [True]
+    code, _, err = await run(CAIRN, "replay", "no-such-run", env=env, check=False)
+    assert code == 1 and "cannot fetch the history of no-such-run" in err and "Traceback" not in err
