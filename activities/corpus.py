@@ -305,6 +305,8 @@ FROM unnest(%(positions)s::int[], %(offsets)s::int[], %(texts)s::text[], %(words
      AS n(position, char_offset, text, words)
 CROSS JOIN LATERAL (SELECT to_tsvector('english', n.words) AS tsv) AS v"""
 
+# Scores are rounded to 9 places: float sums in a different row order differ in the last bits, and
+# equal scores must fall back to the same tie-break (path, position) every time.
 # BM25 with k1 = 1.2, b = 0.75 and Lucene's idf, ln(1 + (N - df + 0.5) / (df + 0.5)), which stays
 # positive for terms in more than half the passages. The GIN index finds the passages; tf comes from
 # each matching passage's tsvector positions.
@@ -318,8 +320,8 @@ idf AS (SELECT t.term, ln(1 + (s.n - t.df + 0.5) / (t.df + 0.5)) AS idf
 hits AS (SELECT * FROM cairn_corpus_passages
          WHERE scope = %(scope)s AND tsv @@ to_tsquery('english', %(tsquery)s))
 SELECT h.path, h.title, h.position, h.char_offset, h.text,
-       sum(idf.idf * cardinality(u.positions) * (1.2 + 1)
-           / (cardinality(u.positions) + 1.2 * (1 - 0.75 + 0.75 * h.length / greatest(s.avgdl, 1))))
+       round(sum(idf.idf * cardinality(u.positions) * (1.2 + 1)
+           / (cardinality(u.positions) + 1.2 * (1 - 0.75 + 0.75 * h.length / greatest(s.avgdl, 1))))::numeric, 9)::float8
          AS score
 FROM hits h CROSS JOIN s CROSS JOIN LATERAL unnest(h.tsv) AS u JOIN idf ON idf.term = u.lexeme
 GROUP BY h.id, h.path, h.title, h.position, h.char_offset, h.text

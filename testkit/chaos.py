@@ -594,7 +594,8 @@ class Trace:
     progress: list[Progress] = field(default_factory=list)
     # (scheduled, closed) of every LLM activity that completed: the calls the run paid for once.
     llm_completed: list[tuple[float, float]] = field(default_factory=list)
-    attempts: Counter[int] = field(default_factory=Counter)  # final attempt number of each activity
+    # How many activities ended on each attempt number (plain dict: dataclasses.asdict mangles Counters).
+    attempts: dict[int, int] = field(default_factory=dict)
     # (when, "schedule_to_start" or "start_to_close", workflow id) of every workflow task that timed out
     workflow_task_timeouts: list[tuple[float, str, str]] = field(default_factory=list)
     closed_at: float | None = None
@@ -630,7 +631,8 @@ def _read_history(trace: Trace, wid: str, events: Sequence[HistoryEvent]) -> lis
             attrs = e.activity_task_scheduled_event_attributes
             scheduled[e.event_id] = (attrs.activity_type.name, _seconds(e))
         elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-            trace.attempts[e.activity_task_started_event_attributes.attempt] += 1
+            attempt = e.activity_task_started_event_attributes.attempt
+            trace.attempts[attempt] = trace.attempts.get(attempt, 0) + 1
         elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             done = e.activity_task_completed_event_attributes
             kind, at = scheduled[done.scheduled_event_id]
