@@ -89,6 +89,13 @@ def request_key(body: dict[str, Any]) -> str:
     return hashlib.sha256(_VARIES.sub("", text).encode()).hexdigest()[:20]
 
 
+def research_question(body: dict[str, Any]) -> str:
+    """The question a request works on: every role's first user message names it on a line of its own."""
+    first = next((m for m in body.get("messages") or [] if m.get("role") == "user"), {})
+    found = re.search(r"^Research question: (.*)$", str(first.get("content") or ""), flags=re.MULTILINE)
+    return found.group(1) if found else ""
+
+
 def is_reask(body: dict[str, Any]) -> bool:
     texts = [str(m.get("content") or "") for m in body.get("messages") or []]
     return any(marker in text for text in texts for marker in REASK_MARKERS)
@@ -114,6 +121,7 @@ class Served:
     outcome: str  # "ok" or one of FAULT_KINDS
     arrival: int = 0  # how many times the same request had arrived before
     reask: bool = False
+    question: str = ""  # the research question the request works on: which run sent it
 
     @property
     def answered(self) -> bool:
@@ -156,8 +164,9 @@ class FaultInjector:
         kind = None
         if arrival < self.max_per_call:
             kind = choose_fault(self.seed, self.rate, key, arrival, role, reask)
+        question = research_question(body)
         with self._lock:
-            self.served.append(Served(time.time(), role, key, kind or "ok", arrival, reask))
+            self.served.append(Served(time.time(), role, key, kind or "ok", arrival, reask, question))
         if kind is None:
             return None
         rng = random.Random(f"{self.seed}:{key}:{arrival}:how")
@@ -364,6 +373,7 @@ class Outcome:
     worker_pids: list[int]
     worker_exit_code: int | None
     worker_log: Path
+    questions: dict[str, str] = field(default_factory=dict)  # workflow id -> research question
 
     @property
     def wall_seconds(self) -> float:
@@ -461,6 +471,7 @@ async def run_scenario(
         worker_pids=list(worker.pids),
         worker_exit_code=exit_code,
         worker_log=worker.log_file,
+        questions={r.workflow_id: r.question for r in runs},
     )
     # Beside the worker's log and the server's database, so a failure can be taken apart afterwards.
     await asyncio.to_thread(outcome.save, workdir / "evidence.json")
@@ -719,8 +730,10 @@ class Recovery:
 
 
 def recoveries(outcome: Outcome) -> list[Recovery]:
-    """Progress is a workflow task or an activity the new worker completed (its identity on the event),
-    in a run that was still open when the worker started; a run counts from its own first such event."""
+    """How soon each run that was open at a worker restart moved again: the first workflow task or
+    activity the new worker completed for it (its identity is on the event), or the first LLM request
+    of the run after the new worker began to poll (the run is being worked on, even when that attempt
+    then meets an injected fault). Whatever comes first."""
     found = []
     worker_restarts = [r for r in outcome.restarts if r.kind == "worker"]
     for n, r in enumerate(worker_restarts, 1):
@@ -731,6 +744,8 @@ def recoveries(outcome: Outcome) -> list[Recovery]:
             if trace.closed_at is not None and trace.closed_at <= r.spawned_at:
                 continue
             mine = [p.at for p in trace.progress if p.identity.startswith(r.identity_prefix)]
+            question = outcome.questions.get(trace.workflow_id)
+            mine += [s.at for s in outcome.served if s.question == question and s.at > r.ready_at]
             firsts[trace.workflow_id] = min(mine) if mine else None
         seen = [f for f in firsts.values() if f is not None]
         first_any = min(seen) - r.ready_at if seen else None

@@ -4,6 +4,7 @@ and continue-as-new for long runs, against the real dev server."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from temporalio.client import Client
 
 from client.api import CairnClient, CairnError
 from client.connection import connect
-from common.config import TemporalConfig
+from common.config import ModelPrice, TemporalConfig
 from testkit.dev_server import DevServer
 from testkit.scripted_llm import ScriptedLLM
 from tests.conftest import llm_config
@@ -77,6 +78,26 @@ async def test_a_reached_budget_pauses_until_raised(cairn: CairnClient, llm: Scr
     spent = final.budget.tokens_spent
     assert spent == result.usage.input_tokens + result.usage.output_tokens
     assert final.budget.tokens_remaining == 1_000_000 - spent
+
+
+async def test_a_cost_budget_counts_the_configured_prices(
+    temporal_client: Client, llm: ScriptedLLM, task_queue: str, tmp_path: Path
+) -> None:
+    # $1,000 per million tokens: the plan alone (a couple of hundred tokens) costs more than a cent.
+    config = dataclasses.replace(llm_config(llm), prices={"gpt-4o-mini": ModelPrice(input=1000, output=1000)})
+    async with build_worker(temporal_client, task_queue, config, home=tmp_path):
+        cairn = CairnClient(temporal_client, task_queue)
+        wid = await cairn.start(
+            "Costly run [steps=1]", auto_approve=True, max_plan_iterations=0, cost_budget_usd=0.01
+        )
+        status = await wait_for(cairn, wid, "paused")
+        assert status.budget.reached and "cost budget" in status.budget.reached
+        assert status.budget.cost_spent_usd > 0.01 and status.budget.cost_remaining_usd == 0
+        await cairn.raise_budget(wid, cost_budget_usd=100.0)
+        result = await cairn.result(wid)
+        spent = (await cairn.status(wid)).budget.cost_spent_usd
+    assert result.usage.cost_usd == pytest.approx(spent)
+    assert [s.status for s in result.plan.steps] == ["done"]  # type: ignore[union-attr]
 
 
 async def test_a_passed_deadline_finishes_with_what_the_run_has(cairn: CairnClient, llm: ScriptedLLM) -> None:
