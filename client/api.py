@@ -62,6 +62,7 @@ from common.names import (
     UPDATE_EDIT_PLAN,
     UPDATE_RAISE_BUDGET,
 )
+from workflows.calls import WORKFLOW_TASK_TIMEOUT
 
 PHASE = SearchAttributeKey.for_keyword(SEARCH_ATTR_PHASE)
 OWNER = SearchAttributeKey.for_keyword(SEARCH_ATTR_OWNER)
@@ -176,6 +177,8 @@ class CairnClient:
             search_attributes=TypedSearchAttributes(pairs) if pairs else None,
             # The Web UI's workflow list and page show this line: the question, not just an id.
             static_summary=request.question[:200],
+            # A workflow task held by a worker that died is handed out again after 5 s, not 10.
+            task_timeout=WORKFLOW_TASK_TIMEOUT,
         )
         return workflow_id
 

@@ -34,6 +34,10 @@ LLM_SCHEDULE_TO_CLOSE = timedelta(minutes=30)
 # the worker died, and the call is retried elsewhere. Kept short so a run moves on within seconds of
 # a crash; see the README's "Crash recovery" for every value that bounds it.
 HEARTBEAT_TIMEOUT = timedelta(seconds=4)
+# A workflow task that a dying worker held is handed out again after this (the default is 10 s). Not
+# lower: a fresh worker replaying a long history under load can need 2-4 s for one task, and a
+# timeout then would only repeat that work.
+WORKFLOW_TASK_TIMEOUT = timedelta(seconds=5)
 LLM_HEARTBEAT = HEARTBEAT_TIMEOUT
 
 ERR_MALFORMED_OUTPUT = "MalformedModelOutput"

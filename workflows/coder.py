@@ -70,8 +70,11 @@ class CoderWorkflow:
                 # The run's own limit, plus start-up and the host-side kill grace.
                 start_to_close_timeout=timedelta(seconds=SANDBOX_TIMEOUT_SECONDS + 60),
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                # A worker crash costs an attempt; every attempt runs in a fresh container and writes
+                # the same artifacts, so several crashes in a row must not fail the step.
                 retry_policy=RetryPolicy(
-                    maximum_attempts=3,
+                    maximum_attempts=8,
+                    maximum_interval=timedelta(seconds=5),
                     non_retryable_error_types=[ERR_IMAGE_MISSING, ERR_INVALID_REQUEST],
                 ),
                 summary=f"run code: step {step.id}" + (f" (fix {attempt})" if attempt else ""),

@@ -63,7 +63,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import prompts, reporting
     from workflows.budget import Budget
-    from workflows.calls import chat, chat_structured, parse_plan, parse_review
+    from workflows.calls import WORKFLOW_TASK_TIMEOUT, chat, chat_structured, parse_plan, parse_review
     from workflows.details import render_details
 
 T = TypeVar("T")
@@ -334,6 +334,7 @@ class ResearchWorkflow:
                     id=f"{workflow.info().workflow_id}/{step.id}",
                     result_type=Finding,
                     static_summary=f"step {step.id}: {step.title}"[:200],
+                    task_timeout=WORKFLOW_TASK_TIMEOUT,
                 )
             except asyncio.CancelledError:
                 if step.id in self._skipped:
