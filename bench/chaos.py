@@ -12,7 +12,7 @@ restart, wall times, and sandbox containers left. Exits 1 when any promise is br
                           [--latency-ms 50] [--workflow-task-timeout S] [--keep]
 
 `--workflow-task-timeout` sets the dev server's default workflow task timeout (Temporal's default is
-10 s), to see what a shorter one changes. Needs the Docker engine and the sandbox image
+10 s); Cairn sets 5 s on every run and step it starts, which takes precedence. Needs the Docker engine and the sandbox image
 (`bash sandbox_images/engine.sh`; the image is built if missing).
 """
 
@@ -80,7 +80,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, obje
         "steps_per_run": args.steps,
         "fault_rate": args.fault_rate,
         "stub_latency_ms": args.latency_ms,
-        "workflow_task_timeout_s": args.workflow_task_timeout or "server default (10)",
+        "workflow_task_timeout_s": args.workflow_task_timeout or "5 (Cairn sets it on every run and step)",
         "worker_kills_planned": args.kills,
         **figures(clean, broken),
     }
