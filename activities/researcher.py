@@ -28,7 +28,7 @@ from activities.llm import LLMActivities
 from activities.web_search import WebSearch
 from common.names import TOOL_CORPUS_SEARCH, TOOL_FETCH_URL, TOOL_RECALL, TOOL_WEB_SEARCH
 from workflows.prompts import finding_messages
-from workflows.researcher_graph import TOOL_ATTEMPTS, ResearcherState, ToolTask
+from workflows.researcher_graph import TOOL_ATTEMPTS, ResearcherState, ToolTask, tool_answer
 from workflows.researcher_memory import estimate_tokens
 
 PASSAGES_PER_SEARCH = 5
@@ -102,22 +102,6 @@ def _calls_of(reply: AIMessage) -> list[dict[str, Any]]:
             }
         )
     return calls
-
-
-def _tool_answer(task: ToolTask, result: dict[str, Any]) -> dict[str, Any]:
-    call = task["call"]
-    return {
-        "messages": [
-            {
-                "id": f"tool-{call['id']}",
-                "role": "tool",
-                "tool_call_id": call["id"],
-                "name": call["name"],
-                "result": result,
-            }
-        ],
-        "tool_calls": 1,
-    }
 
 
 def _arg(task: ToolTask, name: str) -> str:
@@ -245,7 +229,7 @@ class ResearcherNodes:
             found = await self._search.search(_arg(task, "query"))
             return {"kind": "search", **found.model_dump()}
 
-        return _tool_answer(task, await _typed_failures(run))
+        return tool_answer(task, await _typed_failures(run))
 
     async def fetch_url(self, task: ToolTask) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
@@ -254,13 +238,13 @@ class ResearcherNodes:
                 await self._corpus.ingest(page.final_url, page.title, page.text, scope=task["scope"])
             return {"kind": "page", **page.model_dump()}
 
-        return _tool_answer(task, await _typed_failures(run))
+        return tool_answer(task, await _typed_failures(run))
 
     async def corpus_search(self, task: ToolTask) -> dict[str, Any]:
-        return _tool_answer(task, await _typed_failures(lambda: self._passages(task, "corpus")))
+        return tool_answer(task, await _typed_failures(lambda: self._passages(task, "corpus")))
 
     async def recall(self, task: ToolTask) -> dict[str, Any]:
-        return _tool_answer(task, await _typed_failures(lambda: self._passages(task, task["scope"])))
+        return tool_answer(task, await _typed_failures(lambda: self._passages(task, task["scope"])))
 
     async def _passages(self, task: ToolTask, scope: str) -> dict[str, Any]:
         query = _arg(task, "query")

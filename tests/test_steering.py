@@ -59,6 +59,25 @@ async def test_skip_a_running_and_a_pending_step_and_add_one(cairn: CairnClient,
     assert llm.calls("finding") == 3  # s1's (cut short), s2's and s4's.
 
 
+async def test_a_replan_keeps_what_people_steered(cairn: CairnClient, llm: ScriptedLLM) -> None:
+    llm.answer_next(json.dumps({"summary": "Slow finding.", "claims": []}), role="finding", delay=2)
+    wid = await cairn.start(
+        "Steered then replanned [steps=2] [replan=1]", auto_approve=True, max_parallel_steps=1
+    )
+    while llm.calls("finding") < 1:
+        await asyncio.sleep(0.05)
+    await cairn.skip_step(wid, "s2")
+    result = await cairn.result(wid)
+    steps = [(s.id, s.title, s.status) for s in result.plan.steps]  # type: ignore[union-attr]
+    # The replan added a follow-up and kept the skipped step, which the report lists as not completed.
+    assert steps[:2] == [
+        ("s1", "Investigate aspect 1 of the question", "done"),
+        ("s2", "Investigate aspect 2 of the question", "skipped"),
+    ]
+    assert steps[2][1:] == ("Follow-up 1", "done")
+    assert "Investigate aspect 2 of the question: skipped (skipped by a person)" in result.report
+
+
 async def test_a_reached_budget_pauses_until_raised(cairn: CairnClient, llm: ScriptedLLM) -> None:
     wid = await cairn.start(
         "Budgeted run [steps=2]", auto_approve=True, max_plan_iterations=0, token_budget=50

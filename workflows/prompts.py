@@ -83,13 +83,19 @@ def review_messages(
     ]
 
 
-def step_messages(question: str, kind: str, title: str, description: str, context: str) -> list[ChatMessage]:
-    header = CODER_HEADER if kind == "code" else RESEARCHER_HEADER
+def _step_task(question: str, title: str, description: str, context: str) -> str:
+    """A step as its agent is given it: the question, the step, and what earlier steps found."""
     body = f"Research question: {question}\n\nYour step: {title}"
     if description:
         body += f"\nDetails: {description}"
     if context:
         body += f"\n\nWhat earlier steps found:\n{context}"
+    return body
+
+
+def step_messages(question: str, kind: str, title: str, description: str, context: str) -> list[ChatMessage]:
+    header = CODER_HEADER if kind == "code" else RESEARCHER_HEADER
+    body = _step_task(question, title, description, context)
     return [
         ChatMessage(
             role="system",
@@ -104,11 +110,7 @@ def step_messages(question: str, kind: str, title: str, description: str, contex
 
 def researcher_messages(question: str, title: str, description: str, context: str) -> list[dict[str, str]]:
     """The researcher agent's opening messages (plain dicts: they live in the LangGraph state)."""
-    body = f"Research question: {question}\n\nYour step: {title}"
-    if description:
-        body += f"\nDetails: {description}"
-    if context:
-        body += f"\n\nWhat earlier steps found:\n{context}"
+    body = _step_task(question, title, description, context)
     return [
         {
             "id": "system",

@@ -121,6 +121,7 @@ class ResearchWorkflow:
         self._finished_by_budget: str | None = None
         self._steps: dict[str, asyncio.Task[None]] = {}  # running step tasks, for skip_step
         self._skipped: set[str] = set()
+        self._added: set[str] = set()  # steps added with add_step
         self._approved: int | None = None
         self._changes: RequestChanges | None = None
         self._abort: AbortRun | None = None
@@ -226,7 +227,9 @@ class ResearchWorkflow:
                 if not new_steps:
                     break
                 self._iterations += 1
-                self._install_plan(new_steps, "", keep_completed=True)
+                # A replan keeps what people did while research ran: skipped steps (the report lists
+                # them) and steps added with add_step that have not run yet.
+                self._install_plan(new_steps, "", keep_completed=True, keep_steered=True)
             self._failed_while = "reporting"
             return await self._unless_aborted(self._write_report())
         except _Aborted:
@@ -489,11 +492,24 @@ class ResearchWorkflow:
         return self._plan.version if self._plan else 0
 
     def _install_plan(
-        self, specs: Sequence[StepSpec], rationale: str, *, keep_completed: bool = False
+        self,
+        specs: Sequence[StepSpec],
+        rationale: str,
+        *,
+        keep_completed: bool = False,
+        keep_steered: bool = False,
     ) -> Plan:
         """Make a new plan version: completed steps stay as they were, `specs` become the rest."""
         kept = (
-            [s for s in self._plan.steps if s.status in ("done", "failed")]
+            [
+                s
+                for s in self._plan.steps
+                if s.status in ("done", "failed")
+                or (
+                    keep_steered
+                    and (s.status == "skipped" or (s.status == "pending" and s.id in self._added))
+                )
+            ]
             if keep_completed and self._plan
             else []
         )
@@ -618,6 +634,7 @@ class ResearchWorkflow:
             return
         step_id = f"s{self._next_step}"
         self._next_step += 1
+        self._added.add(step_id)
         self._plan.steps.append(
             PlanStep(id=step_id, title=signal.title, kind=signal.kind, description=signal.description)
         )

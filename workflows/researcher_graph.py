@@ -164,21 +164,23 @@ async def memory(state: ResearcherState) -> dict[str, Any]:
     return {"messages": changed, "sources": sources, "stopped_by": budget_spent(state)}
 
 
+def tool_answer(task: ToolTask, result: dict[str, Any]) -> dict[str, Any]:
+    """A tool node's state update: the answer to one call (the memory node renders `result`), and one
+    call counted against the step's budget."""
+    call = task["call"]
+    message = {
+        "id": f"tool-{call['id']}",
+        "role": "tool",
+        "tool_call_id": call["id"],
+        "name": call.get("name", ""),
+        "result": result,
+    }
+    return {"messages": [message], "tool_calls": 1}
+
+
 async def refuse(task: ToolTask) -> dict[str, Any]:
     """A call that will not run still gets an answer: the model's API requires one per call."""
-    call = task["call"]
-    return {
-        "messages": [
-            {
-                "id": f"tool-{call['id']}",
-                "role": "tool",
-                "tool_call_id": call["id"],
-                "name": call.get("name", ""),
-                "result": {"kind": "error", "type": "ToolRefused", "message": task["refusal"]},
-            }
-        ],
-        "tool_calls": 1,
-    }
+    return tool_answer(task, {"kind": "error", "type": "ToolRefused", "message": task["refusal"]})
 
 
 def _step_title(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
