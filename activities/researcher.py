@@ -27,6 +27,7 @@ from activities.heartbeat import with_heartbeats
 from activities.llm import LLMActivities
 from activities.web_search import WebSearch
 from common.names import TOOL_CORPUS_SEARCH, TOOL_FETCH_URL, TOOL_RECALL, TOOL_WEB_SEARCH
+from workflows.calls import json_object
 from workflows.prompts import finding_messages
 from workflows.researcher_graph import TOOL_ATTEMPTS, ResearcherState, ToolTask, tool_answer
 from workflows.researcher_memory import estimate_tokens
@@ -115,16 +116,11 @@ def _arg(task: ToolTask, name: str) -> str:
 
 def parse_finding(text: str, known: set[str]) -> dict[str, Any]:
     """The finding JSON, checked: a summary, and claims citing only sources the step saw."""
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end <= start:
-        raise ValueError("the reply contains no JSON object")
-    try:
-        data = json.loads(text[start : end + 1])
-    except json.JSONDecodeError as err:
-        raise ValueError(f"the JSON does not parse ({err.msg} at position {err.pos})") from err
+    data = json_object(text)
     summary = data.get("summary") if isinstance(data, dict) else None
     if not isinstance(summary, str) or not summary.strip():
         raise ValueError("summary: a non-empty string is required")
+    assert isinstance(data, dict)  # It had a summary.
     claims = []
     for i, claim in enumerate(data.get("claims") or []):
         if not isinstance(claim, dict) or not isinstance(claim.get("text"), str) or not claim["text"].strip():

@@ -129,7 +129,7 @@ class ReviewDraft(BaseModel):
     steps: list[DraftStep] = Field(default_factory=list)
 
 
-def _json_object(text: str) -> object:
+def json_object(text: str) -> object:
     """The first JSON object in a reply, tolerating code fences and chatter around it."""
     start, end = text.find("{"), text.rfind("}")
     if start < 0 or end <= start:
@@ -142,7 +142,7 @@ def _json_object(text: str) -> object:
 
 def _validated(model: type[BaseModel], text: str) -> BaseModel:
     try:
-        return model.model_validate(_json_object(text))
+        return model.model_validate(json_object(text))
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "the object"
