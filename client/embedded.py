@@ -108,6 +108,19 @@ def wait_for_port(port: int, seconds: float, host: str = EMBEDDED_HOST) -> None:
     raise EmbeddedError(f"nothing answered on {host}:{port} within {seconds:g} s")
 
 
+def wait_healthy(address: str, seconds: float) -> None:
+    """The port opens before the frontend serves ("Frontend is not healthy yet"): ask until it does,
+    so the first client to connect is not refused."""
+    deadline = time.monotonic() + seconds
+    command = [temporal_binary(), "operator", "cluster", "health", "--address", address]
+    while time.monotonic() < deadline:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode == 0 and "SERVING" in done.stdout:
+            return
+        time.sleep(0.1)
+    raise EmbeddedError(f"the dev server at {address} never became healthy")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -180,6 +193,7 @@ class Embedded:
         self.home.mkdir(parents=True, exist_ok=True)
         self._spawn("server", dev_server_command(self.home / "temporal.db", self.port, self.ui_port))
         wait_for_port(self.port, 60)
+        wait_healthy(self.address, 60)
         return True
 
     def ensure_worker(self) -> bool:

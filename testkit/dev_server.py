@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.embedded import EmbeddedError, dev_server_command, port_open, temporal_binary
+from client.embedded import EmbeddedError, dev_server_command, port_open, wait_healthy
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -67,7 +67,7 @@ class DevServer:
         )
         log.close()
         self._wait_listening(60)
-        self._wait_healthy(60)
+        wait_healthy(self.address, 60)
         return self
 
     def _wait_listening(self, seconds: float) -> None:
@@ -82,17 +82,6 @@ class DevServer:
             if time.monotonic() > deadline:
                 raise EmbeddedError(f"nothing answered on {self.address} within {seconds:g} s")
             time.sleep(0.1)
-
-    def _wait_healthy(self, seconds: float) -> None:
-        """The port opens before the frontend serves ("Frontend is not healthy yet"): ask until it does."""
-        deadline = time.monotonic() + seconds
-        command = [temporal_binary(), "operator", "cluster", "health", "--address", self.address]
-        while time.monotonic() < deadline:
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode == 0 and "SERVING" in done.stdout:
-                return
-            time.sleep(0.1)
-        raise EmbeddedError(f"the dev server at {self.address} never became healthy")
 
     def stop(self, kill: bool = False) -> None:
         if self._process is None:
