@@ -7,8 +7,12 @@ By default steps run one at a time (`--parallel 1`), so the stub's latency is si
 With `--parallel N` (Cairn's default is 3) the steps run in waves of N, and the critical path holds
 plan + ceil(steps / N) waves of one step's calls + review + report. A research step is the researcher
 agent: two model turns (search the corpus, then conclude), one corpus_search tool activity and the
-finding, so three LLM calls in sequence. Reported as p50 and p95 over several runs.
-Target: p50 <= 50 ms. bench/temporal_floor.py measures what Temporal itself costs on the machine.
+finding, so three LLM calls in sequence. Reported as p50 and p95 over several runs. The stub runs in a
+process of its own, as a provider would; the worker runs in this one.
+Target: p50 <= 50 ms. Each Cairn run is followed by the same run in bare Temporal (bench/bare_shape.py:
+the same children and activities, nothing of Cairn's), whose overhead is Temporal's floor in that
+moment on this drifting machine; their difference is Cairn's own cost. bench/temporal_floor.py
+measures single bare activities and children.
     python bench/orchestration_overhead.py [--runs 10] [--latency-ms 50] [--steps 10] [--parallel 1]
 """
 
@@ -22,16 +26,18 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bare_shape import BareRun, Shape, bare_workers
 from bench.results_io import publish
 from client.api import CairnClient
 from client.connection import connect
 from common.config import LLMConfig, TemporalConfig
 from testkit.dev_server import DevServer
-from testkit.scripted_llm import ScriptedLLM
+from testkit.scripted_llm import ScriptedLLMProcess
 from worker import build_worker
 
 RESULTS = Path(__file__).parent / "results" / "orchestration_overhead.json"
@@ -43,21 +49,35 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def overhead_ms(wall: float, calls: int, step_calls: int, steps: int, parallel: int, latency: float) -> float:
+    """(wall - the stub's latency on the critical path) / calls, in ms. A step makes several sequential
+    calls (researcher turns, then its finding); the run's own calls (plan, review, report) are the
+    rest. Only one step per wave is on the critical path."""
+    critical_calls = calls - step_calls + math.ceil(steps / parallel) * step_calls / steps
+    return (wall - critical_calls * latency) / calls * 1000
+
+
 async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict[str, object]:
+    latency = latency_ms / 1000
     with tempfile.TemporaryDirectory() as tmp:
         server = DevServer(db_file=Path(tmp) / "temporal.db").start()
-        llm = ScriptedLLM(latency=latency_ms / 1000).start()
+        # In a process of its own, like a real provider: its CPU is not Cairn's overhead.
+        llm = await asyncio.to_thread(ScriptedLLMProcess(latency=latency).start)
         try:
             client = await connect(TemporalConfig.from_env({"TEMPORAL_ADDRESS": server.address}))
             queue = f"bench-{uuid.uuid4().hex[:8]}"
             config = LLMConfig(api_key="sk-bench", base_url=llm.base_url)
-            overheads, walls, calls = [], [], 0
-            async with build_worker(client, queue, config, home=Path(tmp)):
+            shape = Shape(steps, parallel, latency, llm_queue=f"{queue}-bare-llm")
+            overheads, bares, walls, cpu_shares, calls = [], [], [], [], 0
+            async with AsyncExitStack() as stack:
+                await stack.enter_async_context(build_worker(client, queue, config, home=Path(tmp)))
+                for worker in bare_workers(client, f"{queue}-bare"):
+                    await stack.enter_async_context(worker)
                 cairn = CairnClient(client, queue)
                 for i in range(runs + 1):
                     before = llm.calls()
                     before_steps = llm.calls("researcher") + llm.calls("finding")
-                    started = time.perf_counter()
+                    started, cpu_started = time.perf_counter(), time.process_time()
                     wid = await cairn.start(
                         f"Benchmark question {i} [steps={steps}]",
                         auto_approve=True,
@@ -67,20 +87,27 @@ async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict
                     )
                     await cairn.result(wid)
                     wall = time.perf_counter() - started
+                    cpu = time.process_time() - cpu_started
                     calls = llm.calls() - before
+                    step_calls = llm.calls("researcher") + llm.calls("finding") - before_steps
+                    # The same run in bare Temporal, right after, so both meet the machine alike.
+                    started = time.perf_counter()
+                    bare_calls = await client.execute_workflow(
+                        BareRun.run, shape, id=f"bare-{wid}", task_queue=f"{queue}-bare"
+                    )
+                    bare_wall = time.perf_counter() - started
                     if i == 0:
                         continue  # Warm-up: first workflow and activity tasks pay for imports.
+                    if bare_calls != calls:
+                        raise RuntimeError(f"the bare run made {bare_calls} calls, Cairn's {calls}")
                     walls.append(wall)
-                    # A step makes several sequential calls (researcher turns, then its finding); the
-                    # run's own calls (plan, review, report) are the rest. Only one step per wave
-                    # is on the critical path.
-                    step_calls = llm.calls("researcher") + llm.calls("finding") - before_steps
-                    per_step = step_calls / steps
-                    critical_calls = calls - step_calls + math.ceil(steps / parallel) * per_step
-                    overheads.append((wall - critical_calls * latency_ms / 1000) / calls * 1000)
+                    cpu_shares.append(cpu / wall)
+                    overheads.append(overhead_ms(wall, calls, step_calls, steps, parallel, latency))
+                    bares.append(overhead_ms(bare_wall, calls, 3 * steps, steps, parallel, latency))
         finally:
             llm.stop()
             server.stop()
+    own = [o - b for o, b in zip(overheads, bares, strict=True)]
     return {
         "runs": runs,
         "steps": steps,
@@ -91,6 +118,13 @@ async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict
         "overhead_ms_per_call_p50": round(percentile(overheads, 0.5), 1),
         "overhead_ms_per_call_p95": round(percentile(overheads, 0.95), 1),
         "overhead_ms_per_call_min": round(min(overheads), 1),
+        # The same run shape in bare Temporal (bench/bare_shape.py), each right after a Cairn run.
+        "bare_temporal_ms_per_call_p50": round(percentile(bares, 0.5), 1),
+        # Cairn's own cost: each run's overhead minus its bare twin's.
+        "cairn_own_ms_per_call_p50": round(percentile(own, 0.5), 1),
+        # CPU time of this process (the workers, and the client waiting for results) per second of
+        # wall time of a Cairn run: 1.0 is one core busy all the time.
+        "worker_process_cpu_per_wall_p50": round(statistics.median(cpu_shares), 2),
         "target_ms_p50": 50,
     }
 

@@ -43,7 +43,7 @@ from client.api import CairnClient
 from client.connection import connect, data_converter
 from common.config import TemporalConfig
 from common.models import ResearchResult
-from testkit.chaos_checks import Trace, trace_run
+from testkit.chaos_checks import Trace, Waiting, trace_run, waiting_on
 from testkit.chaos_faults import FaultInjector, Served
 from testkit.dev_server import DevServer
 from testkit.research_site import ResearchSite
@@ -214,6 +214,12 @@ class Restart:
     pid: int = 0  # the new worker's pid
     identity_prefix: str = ""
     exited_by_itself: int | None = None  # the killed worker had already exited, with this code
+    # What each open run (and its open children) had pending when the new worker began to poll: a run
+    # whose only pending work was waiting out retry backoff is due when that ends (chaos_checks.due_at).
+    waiting: dict[str, list[Waiting]] = field(default_factory=dict)
+    # Runs that had not moved a few seconds after the new worker polled, looked at again every second
+    # until they moved: the evidence for a run that stood still.
+    stalls: list[Waiting] = field(default_factory=list)
 
 
 @dataclass
@@ -390,21 +396,44 @@ async def _inflict(
         killed_at = worker.kill()
         worker.start()
         ready_at = await wait_polling(client, task_queue, worker.identity_prefix)
-        restarts.append(
-            Restart(
-                "worker", killed_at, worker.spawned_at, ready_at, worker.pid, worker.identity_prefix, gone
-            )
+        restart = Restart(
+            "worker", killed_at, worker.spawned_at, ready_at, worker.pid, worker.identity_prefix, gone
         )
-        await _until_moved(client, workflow_ids, worker.identity_prefix, closed)
+        restart.waiting = await _waiting(client, workflow_ids)
+        restarts.append(restart)
+        await _until_moved(client, workflow_ids, worker.identity_prefix, closed, restart.stalls)
     return restarts
 
 
+async def _waiting(client: Client, workflow_ids: list[str]) -> dict[str, list[Waiting]]:
+    """What each open run waits on now (runs that closed, or that the server cannot describe, left out)."""
+    found = {}
+    for wid in workflow_ids:
+        with contextlib.suppress(RPCError):
+            snapshot = await waiting_on(client, wid, time.time())
+            if snapshot and (snapshot[0].workflow_task or snapshot[0].activities or snapshot[0].children):
+                found[wid] = snapshot
+    return found
+
+
+# After this long without moving, a run's pending work is recorded every second as evidence.
+STALL_EVIDENCE_AFTER = 3.0
+
+
 async def _until_moved(
-    client: Client, workflow_ids: list[str], identity_prefix: str, closed: asyncio.Event, seconds: float = 60
+    client: Client,
+    workflow_ids: list[str],
+    identity_prefix: str,
+    closed: asyncio.Event,
+    stalls: list[Waiting],
+    seconds: float = 60,
 ) -> None:
     """Wait until every open run has an event written by the worker `identity_prefix` (or has closed).
-    Gives up after `seconds`: the analysis reports a run that stood still, the chaos goes on."""
-    deadline = time.monotonic() + seconds
+    Gives up after `seconds`: the analysis reports a run that stood still, the chaos goes on. A run
+    that takes longer than STALL_EVIDENCE_AFTER has its pending work appended to `stalls` each second."""
+    started = time.monotonic()
+    deadline = started + seconds
+    next_look = started + STALL_EVIDENCE_AFTER
     waiting = list(workflow_ids)
     while waiting and time.monotonic() < deadline and not closed.is_set():
         still = []
@@ -418,6 +447,10 @@ async def _until_moved(
             if trace.closed_at is None and not moved:
                 still.append(wid)
         waiting = still
+        if waiting and time.monotonic() >= next_look:
+            next_look += 1.0
+            for snapshot in (await _waiting(client, waiting)).values():
+                stalls.extend(snapshot)
         if waiting:
             await asyncio.sleep(0.2)
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from temporalio.api.enums.v1 import EventType, TimeoutType
+from temporalio.api.enums.v1 import EventType, PendingActivityState, PendingWorkflowTaskState, TimeoutType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
@@ -124,6 +124,79 @@ def _read_history(trace: Trace, wid: str, events: Sequence[HistoryEvent]) -> lis
     return children
 
 
+# -- what a run waits on ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What one workflow of a run had pending at `at`, from DescribeWorkflowExecution: the evidence of
+    why a run stood still. `backoff_until` is set only when *all* its pending work was activities
+    waiting out a retry backoff (nothing a worker could take before then)."""
+
+    at: float
+    workflow_id: str
+    workflow_task: str  # "" (none), "scheduled" or "started"
+    activities: list[str]  # "<type> <state> attempt=<n> [next=<+s>] [by=<identity>]"
+    children: list[str]
+    backoff_until: float | None
+
+
+def _ts(stamp: object) -> float | None:
+    seconds = getattr(stamp, "seconds", 0) + getattr(stamp, "nanos", 0) / 1e9
+    return seconds or None
+
+
+async def waiting_on(client: Client, workflow_id: str, at: float) -> list[Waiting]:
+    """What the open workflow `workflow_id` and its open children wait on, one Waiting each."""
+    found: list[Waiting] = []
+    pending = [workflow_id]
+    while pending:
+        wid = pending.pop(0)
+        raw = (await client.get_workflow_handle(wid).describe()).raw_description
+        task = raw.pending_workflow_task if raw.HasField("pending_workflow_task") else None
+        task_state = ""
+        if task is not None and task.state == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_STARTED:
+            task_state = "started"
+        elif (
+            task is not None and task.state == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_SCHEDULED
+        ):
+            task_state = "scheduled"
+        activities, backoffs, busy = [], [], bool(task_state)
+        for a in raw.pending_activities:
+            state = PendingActivityState.Name(a.state).removeprefix("PENDING_ACTIVITY_STATE_").lower()
+            text = f"{a.activity_type.name} {state} attempt={a.attempt}"
+            next_at = _ts(a.next_attempt_schedule_time)
+            if next_at is not None:
+                text += f" next=+{next_at - at:.2f}s"
+            if a.last_worker_identity:
+                text += f" by={a.last_worker_identity}"
+            if a.HasField("last_failure"):
+                text += f" failed={a.last_failure.message[:120]!r}"
+            activities.append(text)
+            if a.state == PendingActivityState.PENDING_ACTIVITY_STATE_SCHEDULED and next_at and next_at > at:
+                backoffs.append(next_at)
+            else:
+                busy = True
+        children = [c.workflow_id for c in raw.pending_children]
+        pending += children
+        until = min(backoffs) if backoffs and not busy else None
+        found.append(Waiting(at, wid, task_state, activities, children, until))
+    return found
+
+
+def due_at(snapshot: Sequence[Waiting], since: float) -> float:
+    """When a run first had work a worker could take, from a snapshot of it (all its open workflows)
+    taken at `since` or just after: at once, unless every workflow of it with pending work was only
+    waiting out activity retry backoff (after injected faults); then when the first backoff ends. Work
+    the dead worker held (a started activity or workflow task) counts as due at once: getting it back
+    is what the restart's timeouts are for."""
+    ends = [w.backoff_until for w in snapshot if w.backoff_until is not None]
+    busy = [w for w in snapshot if w.backoff_until is None and (w.workflow_task or w.activities)]
+    if busy or not ends:
+        return since
+    return max(since, min(ends))
+
+
 # -- analysis --------------------------------------------------------------------------------------
 
 
@@ -174,17 +247,21 @@ def in_flight_at_kills(outcome: Outcome) -> int:
 @dataclass(frozen=True)
 class Recovery:
     """How soon runs moved after worker restart number `restart`, in seconds from the new worker's
-    first poll (see `recoveries`); None where a run never moved."""
+    first poll, or from when a run's work came due if later (see `recoveries`); None where a run never
+    moved."""
 
     restart: int
     startup: float  # process start to first poll: imports, connecting, reaping, the sandbox pool
     first_any: float | None  # the first run the new worker took up
-    slowest_run: float | None  # the last run it took up
+    slowest_run: float | None  # the last run it took up, from when that run's work was due
     open_runs: int
     slowest: str = ""  # which run it took up last (or not at all)
     # The last run to have a workflow task or activity *completed* by the new worker: also counts the
     # work itself, such as replaying a run's history on a cold worker, which takes seconds under load.
     slowest_done: float | None = None
+    # As slowest_run, but from the first poll even for a run that was only waiting out retry backoff.
+    slowest_from_poll: float | None = None
+    waited_out_backoff: int = 0  # open runs whose work was not yet due at the first poll
 
 
 def recoveries(outcome: Outcome) -> list[Recovery]:
@@ -192,7 +269,12 @@ def recoveries(outcome: Outcome) -> list[Recovery]:
     activity of the run the new worker started (its identity is on the event), or the first LLM request
     of the run after the new worker began to poll (the run is being worked on, even when that attempt
     then meets an injected fault), whichever comes first. That is what Temporal's timeouts govern: how
-    soon a dead worker's work reaches the new one."""
+    soon a dead worker's work reaches the new one.
+
+    It is measured from the new worker's first poll, or, for a run whose every pending activity was then
+    waiting out its retry backoff after injected faults (and that had nothing else pending), from when
+    that backoff ended: before then no worker may take it. Work the dead worker held counts from the
+    poll."""
     found = []
     worker_restarts = [r for r in outcome.restarts if r.kind == "worker"]
     for n, r in enumerate(worker_restarts, 1):
@@ -203,29 +285,35 @@ def recoveries(outcome: Outcome) -> list[Recovery]:
         ]
         ready = min([r.ready_at, *(p.at for p in its)])
         firsts: dict[str, float | None] = {}
+        dues: dict[str, float] = {}
         dones: dict[str, float | None] = {}
         for trace in outcome.traces.values():
             if trace.closed_at is not None and trace.closed_at <= r.spawned_at:
                 continue
+            wid = trace.workflow_id
             mine = [p for p in its if p in trace.progress]
-            question = outcome.questions.get(trace.workflow_id)
+            question = outcome.questions.get(wid)
             taken = [p.at for p in mine] + [
                 s.at for s in outcome.served if s.question == question and s.at > ready
             ]
-            firsts[trace.workflow_id] = min(taken) if taken else None
+            firsts[wid] = min(taken) if taken else None
+            dues[wid] = due_at(r.waiting.get(wid, []), ready)
             finished = [p.at for p in mine if p.done]
-            dones[trace.workflow_id] = min(finished) if finished else None
+            dones[wid] = min(finished) if finished else None
         seen = [f for f in firsts.values() if f is not None]
         stuck = [wid for wid, f in firsts.items() if f is None]
+        late = {wid: (f - dues[wid] if f is not None else None) for wid, f in firsts.items()}
         found.append(
             Recovery(
                 restart=n,
                 startup=ready - r.spawned_at,
                 first_any=min(seen) - ready if seen else None,
-                slowest_run=_latest(firsts, ready),
+                slowest_run=None if stuck or not late else max(v for v in late.values() if v is not None),
                 open_runs=len(firsts),
-                slowest=stuck[0] if stuck else max(firsts, key=lambda w: firsts[w] or 0.0, default=""),
+                slowest=stuck[0] if stuck else max(late, key=lambda w: late[w] or 0.0, default=""),
                 slowest_done=_latest(dones, ready),
+                slowest_from_poll=_latest(firsts, ready),
+                waited_out_backoff=sum(1 for d in dues.values() if d > ready),
             )
         )
     return found
@@ -330,6 +418,10 @@ def figures(baseline: Outcome, chaos: Outcome) -> dict[str, object]:
         "worker_startup_s_max": _round(max(startups, default=None)),
         "every_run_taken_up_after_restart_s_p50": _round(statistics.median(slow) if slow else None),
         "every_run_taken_up_after_restart_s_max": _round(max(slow, default=None)),
+        "every_run_taken_up_after_first_poll_s_max": _round(
+            max((r.slowest_from_poll for r in recs if r.slowest_from_poll is not None), default=None)
+        ),
+        "runs_waiting_out_retry_backoff_at_restarts": sum(r.waited_out_backoff for r in recs),
         "every_run_completing_work_after_restart_s_max": _round(
             max((r.slowest_done for r in recs if r.slowest_done is not None), default=None)
         ),

@@ -16,8 +16,12 @@ import argparse
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -356,6 +360,15 @@ def _handler_for(llm: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # The client went away (a killed worker, a timeout): nothing to answer.
 
+        def do_GET(self) -> None:
+            # Call counts by role, for a process that drives this server from outside (ScriptedLLMProcess).
+            if self.path.rstrip("/").endswith("/_calls"):
+                with llm._lock:
+                    counts = Counter(r.role for r in llm.requests)
+                self._send(200, {}, dict(counts))
+            else:
+                self._send(404, {}, _error(404, f"no route {self.path}"))
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
@@ -383,6 +396,53 @@ def _handler_for(llm: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
     return Handler
+
+
+class ScriptedLLMProcess:
+    """The scripted LLM in a process of its own, as a provider is: its request handling then takes no
+    CPU (or GIL) from a worker in the caller's process, which would count as Cairn's overhead in a
+    benchmark. Only default replies and a fixed latency; `calls` asks the server."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        from testkit.dev_server import free_port
+
+        self.port = free_port()
+        self.latency = latency
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, seconds: float = 30.0) -> ScriptedLLMProcess:
+        command = [sys.executable, "-m", "testkit.scripted_llm", "--port", str(self.port)]
+        command += ["--latency-ms", f"{self.latency * 1000:g}"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the scripted LLM exited with {self.process.returncode}")
+            try:
+                self.calls()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"the scripted LLM did not answer on port {self.port} within {seconds:g} s")
+
+    def calls(self, role: str | None = None) -> int:
+        with urllib.request.urlopen(f"{self.base_url}/_calls", timeout=5) as response:
+            counts: dict[str, int] = json.loads(response.read())
+        return sum(counts.values()) if role is None else counts.get(role, 0)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def main() -> None:

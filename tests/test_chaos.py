@@ -12,6 +12,7 @@ sandbox image, which tests/sandbox_support.py provides (it fails, never skips, w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import pytest
 from testkit.chaos import Chaos, Outcome, run_scenario, standard_runs
 from testkit.chaos_checks import (
     PROGRESS_BOUND_SECONDS,
+    Waiting,
+    due_at,
     figures,
     in_flight_at_kills,
     llm_accounting,
@@ -83,11 +86,14 @@ async def test_runs_survive_worker_kills_a_server_restart_and_llm_faults(
     assert [r for r in repeated if not r.kill_between] == [], _evidence(chaos)
     assert len(repeated) <= in_flight_at_kills(chaos)
 
-    # After each worker restart, the new worker takes up every open run within 5 s of its first poll:
-    # a workflow task or an activity of the run starts there, or the run's next LLM request arrives.
-    for recovery in recoveries(chaos):
+    # After each worker restart, the new worker takes up every open run within 5 s of its first poll
+    # (or, for a run then only waiting out retry backoff, of that backoff's end): a workflow task or an
+    # activity of the run starts there, or the run's next LLM request arrives.
+    worker_restarts = [r for r in chaos.restarts if r.kind == "worker"]
+    for recovery, restart in zip(recoveries(chaos), worker_restarts, strict=True):
         assert recovery.slowest_run is not None and recovery.slowest_run <= PROGRESS_BOUND_SECONDS, (
             f"a run stood still too long after worker restart {recovery.restart}: {recovery}; "
+            f"it waited on {restart.waiting.get(recovery.slowest)} at the first poll, then {restart.stalls}; "
             f"workflow task timeouts: {[t.workflow_task_timeouts for t in chaos.traces.values()]}; "
             + _evidence(chaos)
         )
@@ -95,3 +101,21 @@ async def test_runs_survive_worker_kills_a_server_restart_and_llm_faults(
     # No sandbox container is left behind, by killed workers or by the ones stopped at the end.
     assert clean.containers_left == [] and chaos.containers_left == []
     assert clean.worker_exit_code == 0 and chaos.worker_exit_code == 0
+
+
+def test_only_a_run_entirely_in_retry_backoff_is_not_yet_due() -> None:
+    """The recovery bound is measured from when a run's work is due. Only a run whose every pending
+    activity waits out retry backoff, with no workflow task, is due later; anything else is due at once."""
+    at = 1000.0
+    backoff = Waiting(at, "r", "", ["llm.chat scheduled attempt=3 next=+4.00s"], [], at + 4)
+    parent = Waiting(at, "r", "", [], ["r-s1"], None)
+    assert due_at([parent, dataclasses.replace(backoff, workflow_id="r-s1")], at) == at + 4
+    # Another child with a workflow task, a started activity (the dead worker's), or nothing known.
+    task = Waiting(at, "r-s2", "scheduled", [], [], None)
+    held = Waiting(at, "r-s2", "", ["llm.chat started attempt=1 by=1@host"], [], None)
+    for other in (task, held):
+        assert due_at([parent, backoff, other], at) == at
+    assert due_at([], at) == at
+    # Two runs in backoff: due when the first ends, and never before the poll.
+    assert due_at([backoff, dataclasses.replace(backoff, backoff_until=at + 2)], at) == at + 2
+    assert due_at([dataclasses.replace(backoff, backoff_until=at - 1)], at) == at

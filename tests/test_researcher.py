@@ -297,3 +297,31 @@ def test_findings_must_cite_known_sources() -> None:
     ):
         with pytest.raises(ValueError, match=re.escape(problem)):
             parse_finding(bad, {"S1"})
+
+
+def test_each_graph_is_compiled_once_and_shared_across_threads() -> None:
+    """Runs share one compiled graph per registered graph (compiling was half a step's workflow CPU);
+    workflows run on several worker threads at once, and all of them must get that one object."""
+    from concurrent.futures import ThreadPoolExecutor
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    from workflows.researcher_graph import compiled
+
+    class State(TypedDict):
+        n: int
+
+    def graph() -> StateGraph:
+        g: StateGraph = StateGraph(State)
+        g.add_node("add", lambda s: {"n": s["n"] + 1})
+        g.add_edge(START, "add")
+        g.add_edge("add", END)
+        return g
+
+    one, other = graph(), graph()
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda g: compiled(g), [one] * 16 + [other] * 16))
+    assert len({id(c) for c in got[:16]}) == 1 and len({id(c) for c in got[16:]}) == 1
+    assert got[0] is not got[16]
+    assert got[0].invoke({"n": 1}) == {"n": 2} and got[0].invoke({"n": 5}) == {"n": 6}

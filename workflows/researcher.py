@@ -20,7 +20,13 @@ with workflow.unsafe.imports_passed_through():
     from common.models import Claim, Finding, Source, StepInput, Usage
     from common.names import RESEARCHER_GRAPH, RESEARCHER_WORKFLOW
     from workflows import prompts
-    from workflows.researcher_graph import FINDING_ATTEMPTS, Limits, ResearcherState, recursion_limit
+    from workflows.researcher_graph import (
+        FINDING_ATTEMPTS,
+        Limits,
+        ResearcherState,
+        compiled,
+        recursion_limit,
+    )
 
 ERR_MALFORMED_FINDING = "MalformedFinding"
 
@@ -48,7 +54,7 @@ class ResearcherWorkflow:
             "finding_attempts": 0,
             "stopped_by": "",
         }
-        app = graph(RESEARCHER_GRAPH).compile()
+        app = compiled(graph(RESEARCHER_GRAPH))
         final = await app.ainvoke(start, config={"recursion_limit": recursion_limit(limits)})
         usage = _usage(final)
         written = final.get("finding")

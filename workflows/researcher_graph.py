@@ -18,6 +18,7 @@ budget; at either limit the graph goes straight to the finding writer with what 
 from __future__ import annotations
 
 import operator
+import threading
 from datetime import timedelta
 from typing import Annotated, Any, Protocol, TypedDict, cast
 
@@ -252,6 +253,24 @@ def build_graph(nodes: ResearcherNodes, *, llm_task_queue: str | None = None) ->
     graph.add_conditional_edges(NODE_MEMORY, after_memory, [NODE_MODEL, NODE_FINDING])
     graph.add_conditional_edges(NODE_FINDING, after_finding, [NODE_FINDING, END])
     return graph
+
+
+# Compiling is most of a step's workflow CPU (LangGraph reads every node function's bytecode: ~half of
+# it before this memo), and a compiled graph holds no state of an invocation, so each graph object is
+# compiled once and every run shares the result. It is kept on the graph object itself, so it lives
+# exactly as long as the worker that registered that graph.
+_COMPILED_ATTRIBUTE = "_cairn_compiled"
+_COMPILING = threading.Lock()  # workflows run on several threads of the worker
+
+
+def compiled(graph: StateGraph[Any, Any, Any, Any]) -> Any:
+    """`graph.compile()`, once per graph object: the same graph gives the same compiled graph."""
+    with _COMPILING:
+        done = getattr(graph, _COMPILED_ATTRIBUTE, None)
+        if done is None:
+            done = graph.compile()
+            setattr(graph, _COMPILED_ATTRIBUTE, done)
+        return done
 
 
 def recursion_limit(limits: Limits) -> int:
