@@ -68,7 +68,7 @@ async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict
             queue = f"bench-{uuid.uuid4().hex[:8]}"
             config = LLMConfig(api_key="sk-bench", base_url=llm.base_url)
             shape = Shape(steps, parallel, latency, llm_queue=f"{queue}-bare-llm")
-            overheads, bares, walls, cpu_shares, calls = [], [], [], [], 0
+            overheads, bares, walls, cpu_shares, cpu_per_call, calls = [], [], [], [], [], 0
             async with AsyncExitStack() as stack:
                 await stack.enter_async_context(build_worker(client, queue, config, home=Path(tmp)))
                 for worker in bare_workers(client, f"{queue}-bare"):
@@ -102,6 +102,7 @@ async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict
                         raise RuntimeError(f"the bare run made {bare_calls} calls, Cairn's {calls}")
                     walls.append(wall)
                     cpu_shares.append(cpu / wall)
+                    cpu_per_call.append(cpu / calls * 1000)
                     overheads.append(overhead_ms(wall, calls, step_calls, steps, parallel, latency))
                     bares.append(overhead_ms(bare_wall, calls, 3 * steps, steps, parallel, latency))
         finally:
@@ -125,6 +126,9 @@ async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict
         # CPU time of this process (the workers, and the client waiting for results) per second of
         # wall time of a Cairn run: 1.0 is one core busy all the time.
         "worker_process_cpu_per_wall_p50": round(statistics.median(cpu_shares), 2),
+        # The same CPU time per LLM call: what Cairn's worker spends, less sensitive to the machine's
+        # drift than wall time.
+        "worker_cpu_ms_per_call_p50": round(statistics.median(cpu_per_call), 1),
         "target_ms_p50": 50,
     }
 

@@ -10,11 +10,17 @@ or a run's spans split into several traces.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import TypeAdapter
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.contrib.pydantic import (
+    PydanticJSONPlainPayloadConverter,
+    PydanticPayloadConverter,
+    pydantic_data_converter,
+)
 from temporalio.converter import DataConverter
 
 from client.payload_store import external_storage
@@ -37,6 +43,27 @@ async def connect(config: TemporalConfig | None = None, **overrides: Any) -> Cli
     return await Client.connect(**options)
 
 
+# pydantic TypeAdapters, one per payload type, for the whole process. The SDK makes a new payload
+# converter for every serialization context (each activity task, each workflow run), and each
+# converter's own cache starts empty: every activity paid 1-2 ms to build its input's TypeAdapter again.
+# An adapter depends only on its type, so sharing them is safe; lru_cache is thread-safe.
+TYPE_ADAPTERS = functools.lru_cache(maxsize=1024)(TypeAdapter)
+
+
+class PayloadConverter(PydanticPayloadConverter):
+    """The SDK's pydantic payload converter, with the process-wide TypeAdapter cache."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for converter in self.converters.values():
+            if isinstance(converter, PydanticJSONPlainPayloadConverter):
+                converter._type_adapter = TYPE_ADAPTERS
+
+
 def data_converter(env: Mapping[str, str] | None = None) -> DataConverter:
     """Pydantic payloads, with large ones in Cairn's payload store (client/payload_store.py)."""
-    return dataclasses.replace(pydantic_data_converter, external_storage=external_storage(env))
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_converter_class=PayloadConverter,
+        external_storage=external_storage(env),
+    )

@@ -25,3 +25,19 @@ def test_a_newer_writers_payload_is_readable() -> None:
     assert status.usage == Usage(llm_calls=2)
     result = ResearchResult.model_validate({"workflow_id": "w", "question": "q", "report": "r", "extra": 1})
     assert result.report == "r"
+
+
+def test_payload_converters_share_one_type_adapter_cache() -> None:
+    """The SDK makes a payload converter per serialization context; Cairn's all share one cache of
+    TypeAdapters, so a payload type's adapter is built once per process, not once per activity."""
+    from client.connection import TYPE_ADAPTERS, data_converter
+
+    first = data_converter().payload_converter
+    second = data_converter().with_context(None).payload_converter  # type: ignore[arg-type]
+    assert first is not second
+    usage = Usage(llm_calls=2, input_tokens=7)
+    payloads = first.to_payloads([usage])
+    assert first.from_payloads(payloads, [Usage]) == [usage]
+    hits = TYPE_ADAPTERS.cache_info().hits
+    assert second.from_payloads(payloads, [Usage]) == [usage]
+    assert TYPE_ADAPTERS.cache_info().hits == hits + 1  # the adapter the first converter built
