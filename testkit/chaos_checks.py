@@ -136,7 +136,7 @@ class Waiting:
     at: float
     workflow_id: str
     workflow_task: str  # "" (none), "scheduled" or "started"
-    activities: list[str]  # "<type> <state> attempt=<n> [next=<+s>] [by=<identity>]"
+    activities: list[str]  # "<type> <state> attempt=<n> [next=<+s>] [by=<identity>] [failed=<why>]"
     children: list[str]
     backoff_until: float | None
 
@@ -187,7 +187,8 @@ async def waiting_on(client: Client, workflow_id: str, at: float) -> list[Waitin
 def due_at(snapshot: Sequence[Waiting], since: float) -> float:
     """When a run first had work a worker could take, from a snapshot of it (all its open workflows)
     taken at `since` or just after: at once, unless every workflow of it with pending work was only
-    waiting out activity retry backoff (after injected faults); then when the first backoff ends. Work
+    waiting out activity retry backoff (after failed attempts: faults, or kills whose heartbeat timeout
+    has already fired); then when the first backoff ends. Work
     the dead worker held (a started activity or workflow task) counts as due at once: getting it back
     is what the restart's timeouts are for."""
     ends = [w.backoff_until for w in snapshot if w.backoff_until is not None]
@@ -272,7 +273,7 @@ def recoveries(outcome: Outcome) -> list[Recovery]:
     soon a dead worker's work reaches the new one.
 
     It is measured from the new worker's first poll, or, for a run whose every pending activity was then
-    waiting out its retry backoff after injected faults (and that had nothing else pending), from when
+    waiting out its retry backoff after failed attempts (and that had nothing else pending), from when
     that backoff ended: before then no worker may take it. Work the dead worker held counts from the
     poll."""
     found = []

@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 from testkit.loopback import LoopbackServer
@@ -417,7 +418,10 @@ class ScriptedLLMProcess:
     def start(self, seconds: float = 30.0) -> ScriptedLLMProcess:
         command = [sys.executable, "-m", "testkit.scripted_llm", "--port", str(self.port)]
         command += ["--latency-ms", f"{self.latency * 1000:g}"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        root = Path(__file__).resolve().parent.parent  # where `-m testkit...` resolves, from any cwd
+        self.process = subprocess.Popen(
+            command, cwd=root, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -255,8 +255,8 @@ def build_graph(nodes: ResearcherNodes, *, llm_task_queue: str | None = None) ->
     return graph
 
 
-# Compiling is most of a step's workflow CPU (LangGraph reads every node function's bytecode: ~half of
-# it before this memo), and a compiled graph holds no state of an invocation, so each graph object is
+# Compiling was half of a step's workflow CPU (LangGraph reads every node function's bytecode when it
+# compiles), and a compiled graph holds no state of an invocation, so each graph object is
 # compiled once and every run shares the result. It is kept on the graph object itself, so it lives
 # exactly as long as the worker that registered that graph.
 _COMPILED_ATTRIBUTE = "_cairn_compiled"

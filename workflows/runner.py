@@ -24,9 +24,9 @@ PASSED_THROUGH = (
     "workflows.details",
     "workflows.prompts",
     "workflows.reporting",
-    # The researcher graph's layout, routers and working memory: pure too, but for a memo of compiled
-    # graphs, which must be shared to be of use. The graph object itself is built on the worker and
-    # shared with every run by the LangGraph plugin (which passes through langchain and langgraph).
+    # The researcher graph's layout, routers and working memory: pure too. The graph object itself is
+    # built on the worker, shared with every run by the LangGraph plugin (which passes through langchain
+    # and langgraph) and compiled once (researcher_graph.compiled keeps the result on it).
     "workflows.researcher_graph",
     "workflows.researcher_memory",
 )
