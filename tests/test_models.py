@@ -28,16 +28,34 @@ def test_a_newer_writers_payload_is_readable() -> None:
 
 
 def test_payload_converters_share_one_type_adapter_cache() -> None:
-    """The SDK makes a payload converter per serialization context; Cairn's all share one cache of
-    TypeAdapters, so a payload type's adapter is built once per process, not once per activity."""
-    from client.connection import TYPE_ADAPTERS, data_converter
+    """A payload converter built apart (the SDK's own contexts may build them) still shares Cairn's one
+    cache of TypeAdapters, so a payload type's adapter is built once per process."""
+    from client.connection import TYPE_ADAPTERS, PayloadConverter
 
-    first = data_converter().payload_converter
-    second = data_converter().with_context(None).payload_converter  # type: ignore[arg-type]
-    assert first is not second
+    first, second = PayloadConverter(), PayloadConverter()
     usage = Usage(llm_calls=2, input_tokens=7)
     payloads = first.to_payloads([usage])
     assert first.from_payloads(payloads, [Usage]) == [usage]
     hits = TYPE_ADAPTERS.cache_info().hits
     assert second.from_payloads(payloads, [Usage]) == [usage]
     assert TYPE_ADAPTERS.cache_info().hits == hits + 1  # the adapter the first converter built
+
+
+def test_data_converter_copies_share_their_converters() -> None:
+    """The SDK copies the data converter to bind a store context to every payload it visits; the
+    copies reuse the converters instead of building new ones, and still convert and store."""
+    from temporalio.converter import StorageDriverStoreContext, WorkflowSerializationContext
+
+    from client.connection import data_converter
+
+    converter = data_converter()
+    context = WorkflowSerializationContext(namespace="default", workflow_id="w")
+    copy = converter.with_context(context)._with_store_context(StorageDriverStoreContext())
+    assert copy.payload_converter is converter.payload_converter
+    assert copy.failure_converter is converter.failure_converter
+    assert copy.external_storage is not None
+    assert data_converter().payload_converter is converter.payload_converter
+    usage = Usage(llm_calls=3, output_tokens=5)
+    assert copy.payload_converter.from_payloads(
+        converter.payload_converter.to_payloads([usage]), [Usage]
+    ) == [usage]
