@@ -188,7 +188,10 @@ async def test_env_configured_worker_and_cli_share_one_trace(
     finally:
         worker.send_signal(signal.SIGTERM)  # A graceful stop exports the spans still queued.
         code = await asyncio.wait_for(worker.wait(), 60)
-    assert code == 0, (tmp_path / "worker.log").read_text()
+    worker_log = (tmp_path / "worker.log").read_text()
+    assert code == 0, worker_log
+    # A worker process runs on uvloop (worker.event_loop_runner); spans and metrics are the same on it.
+    assert "(event loop: uvloop)" in worker_log, worker_log
 
     trace = run_trace(receiver.received(), wid)
     assert_connected(trace)
