@@ -226,7 +226,7 @@ async def main() -> None:
         config.address,
         config.namespace,
         config.task_queue,
-        type(asyncio.get_running_loop()).__module__.split(".")[0],
+        type(loop).__module__.split(".")[0],
     )
     if role != "workflows":
         log.info(

@@ -46,8 +46,8 @@ def temporal_binary() -> str:
 # SQLite in WAL mode with synchronous=NORMAL syncs the log at checkpoints instead of at every commit.
 # A commit is still durable when any process dies, the server included (the chaos suite kills it); only
 # an operating-system crash or power cut may roll back the last commits, never corrupt the file, and
-# Temporal then retries what it had not recorded. Syncing every commit cost a 10-step run 12-25% of its
-# wall time with three steps in parallel (README, Benchmarks).
+# Temporal then retries what it had not recorded. Syncing every commit made the bare-Temporal twin of a
+# 10-step run with three steps in parallel 10-20% slower (README, Benchmarks).
 LATENCY_TUNING = [
     "--dynamic-config-value",
     "history.transferProcessorMaxPollRPS=1000",
