@@ -154,13 +154,13 @@ async def waiting_on(client: Client, workflow_id: str, at: float) -> list[Waitin
         wid = pending.pop(0)
         raw = (await client.get_workflow_handle(wid).describe()).raw_description
         task = raw.pending_workflow_task if raw.HasField("pending_workflow_task") else None
-        task_state = ""
-        if task is not None and task.state == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_STARTED:
-            task_state = "started"
-        elif (
-            task is not None and task.state == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_SCHEDULED
-        ):
-            task_state = "scheduled"
+        task_state = (
+            ""
+            if task is None
+            else PendingWorkflowTaskState.Name(task.state)
+            .removeprefix("PENDING_WORKFLOW_TASK_STATE_")
+            .lower()
+        )
         activities, backoffs, busy = [], [], bool(task_state)
         for a in raw.pending_activities:
             state = PendingActivityState.Name(a.state).removeprefix("PENDING_ACTIVITY_STATE_").lower()
@@ -309,7 +309,7 @@ def recoveries(outcome: Outcome) -> list[Recovery]:
                 restart=n,
                 startup=ready - r.spawned_at,
                 first_any=min(seen) - ready if seen else None,
-                slowest_run=None if stuck or not late else max(v for v in late.values() if v is not None),
+                slowest_run=_latest(late, 0.0),  # each run's delay is already from its own due time
                 open_runs=len(firsts),
                 slowest=stuck[0] if stuck else max(late, key=lambda w: late[w] or 0.0, default=""),
                 slowest_done=_latest(dones, ready),
