@@ -10,6 +10,7 @@ a span. Each call is a GenAI `chat <model>` span with tokens and cost, and count
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,9 +23,9 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import with_heartbeats
-from activities.telemetry import Telemetry
+from activities.telemetry import STRUCTURED_OUTPUT, Telemetry
 from common.config import LLMConfig
-from common.models import ChatMessage, ChatRequest, ChatResponse
+from common.models import ChatMessage, ChatRequest, ChatResponse, StructuredOutput
 from common.names import LLM_CHAT
 
 # Stable error types: workflows, tests and operators match on these strings.
@@ -37,6 +38,9 @@ ERR_AUTH = "LLMAuthenticationFailed"
 ERR_FORBIDDEN = "LLMPermissionDenied"
 ERR_NOT_FOUND = "LLMModelNotFound"
 ERR_NOT_CONFIGURED = "LLMNotConfigured"
+ERR_TRUNCATED = "LLMOutputTruncated"
+ERR_CONTENT_FILTERED = "LLMContentFiltered"
+ERR_TOOLS_UNSUPPORTED = "LLMToolsUnsupported"
 
 _NON_RETRYABLE = {
     400: (ERR_BAD_REQUEST, "the LLM server rejected the request as malformed (400)"),
@@ -83,8 +87,30 @@ def _detail(err: openai.APIStatusError) -> str:
     return str(err.message)[:500]
 
 
-def translate_error(err: Exception, model: str) -> ApplicationError:
+def translate_error(err: Exception, model: str, *, tools: bool = False) -> ApplicationError:
     """Map a provider exception onto an ApplicationError that Temporal's retry policy acts on."""
+    if isinstance(err, openai.LengthFinishReasonError):
+        return ApplicationError(
+            f"model {model} stopped at its output token limit before finishing the answer: "
+            "raise CAIRN_MAX_OUTPUT_TOKENS (or the server's limit)",
+            type=ERR_TRUNCATED,
+            non_retryable=True,
+        )
+    if isinstance(err, openai.ContentFilterFinishReasonError):
+        return ApplicationError(
+            f"model {model}'s answer was withheld by the server's content filter",
+            type=ERR_CONTENT_FILTERED,
+            non_retryable=True,
+        )
+    if tools and isinstance(err, openai.APIStatusError) and err.status_code in (400, 422, 501):
+        detail = _detail(err)
+        if any(word in detail.lower() for word in _TOOLS_REFUSED):
+            return ApplicationError(
+                f"model {model} does not support tool calling, which the researcher needs: choose a "
+                f"model that does (CAIRN_RESEARCHER_MODEL); the server said: {detail}",
+                type=ERR_TOOLS_UNSUPPORTED,
+                non_retryable=True,
+            )
     if isinstance(err, openai.APITimeoutError):
         return ApplicationError(f"LLM request to model {model} timed out", type=ERR_TIMEOUT)
     if isinstance(err, openai.APIConnectionError):
@@ -125,11 +151,60 @@ class Completion:
     input_tokens: int
     output_tokens: int
     cost_usd: float
+    output_mode: str = ""  # how JSON was asked for: json_schema, json_object, prompt; "" for prose
 
     @property
     def text(self) -> str:
         content = self.message.content
         return content if isinstance(content, str) else str(content)
+
+
+# Ways to ask for JSON, strongest first. A server that refuses one is asked the next way at once, in the
+# same activity attempt: the refused request did not complete, so nothing is repeated and no Temporal
+# attempt is spent.
+STRUCTURED_LADDER = ("json_schema", "json_object", "prompt")
+_NAMES_RESPONSE_FORMAT = (
+    "response_format",
+    "response format",
+    "json_schema",
+    "json_object",
+    "structured output",
+)
+_TOOLS_REFUSED = (
+    "does not support tools",
+    "tools are not supported",
+    "tool calling is not supported",
+    "tool use is not supported",
+    "does not support tool",
+    "tool_choice",
+)
+
+
+def refuses_response_format(err: Exception) -> bool:
+    """A 400 or 422 whose message names the response format: the server cannot do what was asked."""
+    if not isinstance(err, openai.APIStatusError) or err.status_code not in (400, 422):
+        return False
+    text = f"{_detail(err)} {err.message}".lower()
+    return any(word in text for word in _NAMES_RESPONSE_FORMAT)
+
+
+def format_instruction(output: StructuredOutput) -> str:
+    """The JSON's shape in words, for servers that take it only from the prompt (and json_object mode,
+    which OpenAI accepts only when a message mentions JSON)."""
+    return (
+        "Answer with one JSON object, and nothing else, that conforms to this JSON Schema:\n```json\n"
+        + json.dumps(output.json_schema, separators=(",", ":"))
+        + "\n```"
+    )
+
+
+def with_instruction(messages: list[BaseMessage], instruction: str) -> list[BaseMessage]:
+    """`messages` with `instruction` appended to the system message (one system message is what every
+    chat template accepts), or opening the conversation when there is none."""
+    if messages and isinstance(messages[0], SystemMessage):
+        first = SystemMessage(content=f"{messages[0].content}\n\n{instruction}")
+        return [first, *messages[1:]]
+    return [SystemMessage(content=instruction), *messages]
 
 
 class LLMActivities:
@@ -139,19 +214,58 @@ class LLMActivities:
         self._config = config
         self._telemetry = telemetry or Telemetry()
         self._clients: dict[str, ChatOpenAI] = {}
+        # What each server and model accepts, learnt from its refusals, for the worker's lifetime.
+        self._structured: dict[tuple[str | None, str], str] = {}
 
-    def _client(self, model: str) -> ChatOpenAI:
-        client = self._clients.get(model)
+    @property
+    def config(self) -> LLMConfig:
+        return self._config
+
+    def _client(self, role: str, model: str) -> ChatOpenAI:
+        effort = self._config.effort_for(role)
+        reasoning = self._config.is_reasoning(role, model)
+        key = f"{model}\0{effort or ''}"
+        client = self._clients.get(key)
         if client is None:
+            options: dict[str, Any] = {}
+            # Reasoning models refuse any temperature but their default; never send one to them.
+            if self._config.temperature is not None and not reasoning:
+                options["temperature"] = self._config.temperature
+            if self._config.max_output_tokens is not None:
+                options["max_completion_tokens"] = self._config.max_output_tokens
+            if effort is not None:
+                options["reasoning_effort"] = effort
             client = ChatOpenAI(
                 model=model,
                 api_key=self._config.api_key or "not-needed",  # type: ignore[arg-type]
                 base_url=self._config.base_url,
                 max_retries=0,
                 timeout=self._config.request_timeout_seconds,
+                **options,
             )
-            self._clients[model] = client
+            self._clients[key] = client
         return client
+
+    def structured_mode(self, model: str) -> str:
+        """The way to ask this server and model for JSON: configured, or the strongest not refused."""
+        if self._config.structured_output != "auto":
+            return self._config.structured_output
+        return self._structured.get((self._config.base_url, model), STRUCTURED_LADDER[0])
+
+    def _learn(self, model: str, refused: str, err: Exception) -> str:
+        """Move this server and model one step down the ladder, and say so once."""
+        mode = STRUCTURED_LADDER[STRUCTURED_LADDER.index(refused) + 1]
+        key = (self._config.base_url, model)
+        if self._structured.get(key) != mode:
+            self._structured[key] = mode
+            activity.logger.warning(
+                "the LLM server refuses response_format %s for model %s (%s); asking it with %s from now on",
+                refused,
+                model,
+                _detail(err) if isinstance(err, openai.APIStatusError) else err,
+                mode,
+            )
+        return mode
 
     async def complete(
         self,
@@ -159,9 +273,11 @@ class LLMActivities:
         messages: list[BaseMessage],
         purpose: str,
         tools: list[dict[str, Any]] | None = None,
+        output: StructuredOutput | None = None,
     ) -> Completion:
         """One chat completion, as the model of `role`, optionally offering tools (OpenAI function
-        specs). Provider errors leave as ApplicationErrors; the call heartbeats while it waits."""
+        specs) or asking for JSON of `output`'s schema. Provider errors leave as ApplicationErrors; the
+        call heartbeats while it waits."""
         if not self._config.configured:
             raise ApplicationError(
                 "no LLM is configured on this worker: set OPENAI_API_KEY or OPENAI_BASE_URL",
@@ -170,16 +286,36 @@ class LLMActivities:
             )
         model = self._config.model_for(role)
         telemetry = self._telemetry
-        client: Any = self._client(model)
-        if tools:
-            client = client.bind_tools(tools)
+        mode = self.structured_mode(model) if output is not None else ""
         with telemetry.llm_call(model, role, purpose, self._config.base_url) as span:
-            try:
-                reply = await with_heartbeats(client.ainvoke(messages))
-            except openai.OpenAIError as err:
-                failure = translate_error(err, model)
-                telemetry.llm_failed(span, model=model, role=role, error_type=failure.type or "")
-                raise failure from err
+            while True:
+                client: Any = self._client(role, model)
+                asked = messages
+                if tools:
+                    client = client.bind_tools(tools)
+                if output is not None:
+                    if mode == "json_schema":
+                        spec = {"name": output.name, "schema": output.json_schema, "strict": output.strict}
+                        client = client.bind(response_format={"type": "json_schema", "json_schema": spec})
+                    else:
+                        asked = with_instruction(messages, format_instruction(output))
+                        if mode == "json_object":
+                            client = client.bind(response_format={"type": "json_object"})
+                try:
+                    reply = await with_heartbeats(client.ainvoke(asked))
+                    break
+                except openai.OpenAIError as err:
+                    if (
+                        output is not None
+                        and self._config.structured_output == "auto"
+                        and mode != STRUCTURED_LADDER[-1]
+                        and refuses_response_format(err)
+                    ):
+                        mode = self._learn(model, mode, err)
+                        continue
+                    failure = translate_error(err, model, tools=bool(tools))
+                    telemetry.llm_failed(span, model=model, role=role, error_type=failure.type or "")
+                    raise failure from err
             usage = getattr(reply, "usage_metadata", None) or {}
             response_model = str(reply.response_metadata.get("model_name") or model)
             input_tokens = int(usage.get("input_tokens", 0))
@@ -194,6 +330,8 @@ class LLMActivities:
                 output_tokens=output_tokens,
                 cost_usd=cost,
             )
+            if mode:
+                span.set_attribute(STRUCTURED_OUTPUT, mode)
         activity.logger.info(
             "%s: %s answered with %d input and %d output tokens",
             purpose or "chat",
@@ -201,12 +339,15 @@ class LLMActivities:
             input_tokens,
             output_tokens,
         )
-        return Completion(reply, response_model, input_tokens, output_tokens, cost)
+        return Completion(reply, response_model, input_tokens, output_tokens, cost, mode)
 
     @activity.defn(name=LLM_CHAT)
     async def chat(self, request: ChatRequest) -> ChatResponse:
         done = await self.complete(
-            request.role, [_to_langchain(m) for m in request.messages], request.purpose
+            request.role,
+            [_to_langchain(m) for m in request.messages],
+            request.purpose,
+            output=request.output,
         )
         return ChatResponse(
             content=done.text,
@@ -214,4 +355,5 @@ class LLMActivities:
             input_tokens=done.input_tokens,
             output_tokens=done.output_tokens,
             cost_usd=done.cost_usd,
+            output_mode=done.output_mode,
         )

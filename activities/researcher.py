@@ -15,6 +15,7 @@ text after working memory has let it go.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -27,7 +28,7 @@ from activities.heartbeat import with_heartbeats
 from activities.llm import LLMActivities
 from activities.web_search import WebSearch
 from common.names import TOOL_CORPUS_SEARCH, TOOL_FETCH_URL, TOOL_RECALL, TOOL_WEB_SEARCH
-from workflows.calls import json_object
+from common.structured import finding_model, output_spec, validated
 from workflows.prompts import finding_messages
 from workflows.researcher_graph import TOOL_ATTEMPTS, ResearcherState, ToolTask, tool_answer
 from workflows.researcher_memory import estimate_tokens
@@ -114,25 +115,14 @@ def _arg(task: ToolTask, name: str) -> str:
     return value.strip()
 
 
-def parse_finding(text: str, known: set[str]) -> dict[str, Any]:
-    """The finding JSON, checked: a summary, and claims citing only sources the step saw."""
-    data = json_object(text)
-    summary = data.get("summary") if isinstance(data, dict) else None
-    if not isinstance(summary, str) or not summary.strip():
-        raise ValueError("summary: a non-empty string is required")
-    assert isinstance(data, dict)  # It had a summary.
-    claims = []
-    for i, claim in enumerate(data.get("claims") or []):
-        if not isinstance(claim, dict) or not isinstance(claim.get("text"), str) or not claim["text"].strip():
-            raise ValueError(f"claims.{i}: an object with a non-empty 'text' is required")
-        ids = claim.get("sources") or []
-        if not isinstance(ids, list):
-            raise ValueError(f"claims.{i}.sources: a list of source ids is required")
-        unknown = [str(x) for x in ids if str(x) not in known]
-        if unknown:
-            raise ValueError(f"claims.{i} cites {unknown}, which are not among the sources {sorted(known)}")
-        claims.append({"text": claim["text"].strip(), "source_ids": [str(x) for x in ids]})
-    return {"summary": summary.strip(), "claims": claims}
+def parse_finding(text: str, known: Sequence[str]) -> dict[str, Any]:
+    """The finding, checked by the model its request's schema came from: a summary, and claims citing
+    only the sources the step saw (`known`, in the order the step met them)."""
+    draft = validated(finding_model(tuple(known)), text)
+    return {
+        "summary": draft.summary,
+        "claims": [{"text": c.text, "source_ids": list(c.sources)} for c in draft.claims],
+    }
 
 
 def notes_of(state: ResearcherState, budget_tokens: int = NOTES_TOKENS) -> str:
@@ -201,10 +191,12 @@ class ResearcherNodes:
         )
         task = state["messages"][1]["content"]
         messages = finding_messages(task, notes_of(state), listing, state.get("finding_error", ""))
+        known = [s["id"] for s in sources]
         done = await self._llm.complete(
             "researcher",
             [SystemMessage(content=messages[0].content), HumanMessage(content=messages[1].content)],
             "researcher: write finding",
+            output=output_spec("finding", finding_model(tuple(known))),
         )
         update: dict[str, Any] = {
             "usage": [_usage(done)],
@@ -212,7 +204,7 @@ class ResearcherNodes:
             "finding_attempts": 1,
         }
         try:
-            update["finding"] = parse_finding(done.text, {s["id"] for s in sources})
+            update["finding"] = parse_finding(done.text, known)
         except ValueError as err:
             activity.logger.warning("malformed finding: %s", err)
             update["finding_error"] = str(err)

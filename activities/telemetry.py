@@ -49,6 +49,7 @@ ERROR_TYPE = "error.type"
 COST_USD = "cairn.cost_usd"
 ROLE = "cairn.role"
 PURPOSE = "cairn.purpose"  # The activity's summary, e.g. "plan v2"; never the prompt.
+STRUCTURED_OUTPUT = "cairn.structured_output"  # How JSON was asked for: json_schema, json_object, prompt.
 
 
 def count(name: str, value: int = 1, **attributes: str) -> None:

@@ -20,6 +20,7 @@ from rich.console import Console
 from temporalio.service import RPCError
 
 from client.api import CairnClient, CairnError, validated_input
+from client.doctor import add_doctor_command
 from client.embedded import Embedded, EmbeddedError, port_open
 from client.ingest_cli import add_ingest_command
 from client.sandbox_cli import add_sandbox_commands
@@ -376,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("action", nargs="?", choices=["start", "stop"], default="start")
     add_sandbox_commands(commands)
     add_ingest_command(commands)
+    add_doctor_command(commands)
     return parser
 
 

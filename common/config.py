@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,12 @@ def model_prices(env: Mapping[str, str]) -> dict[str, ModelPrice]:
         ) from err
 
 
+STRUCTURED_OUTPUT_MODES = ("auto", "json_schema", "json_object", "prompt")
+# OpenAI's reasoning models (o1, o3, o4-mini, the gpt-5 family) refuse a temperature other than the
+# default; a provider prefix ("openai/o3") is allowed for gateways such as LiteLLM.
+_REASONING_MODEL = re.compile(r"^(?:[\w.-]+/)?(?:o\d|gpt-5)", re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class LLMConfig:
     """How the worker reaches an OpenAI-compatible server. Lives on the worker only."""
@@ -121,6 +128,22 @@ class LLMConfig:
     models: dict[str, str] = field(default_factory=dict)
     request_timeout_seconds: float = 120.0
     prices: dict[str, ModelPrice] = field(default_factory=dict)
+    # CAIRN_STRUCTURED_OUTPUT: how calls that expect JSON ask for it. `auto` starts with a JSON schema
+    # and falls back as far as the server requires (json_object, then the schema in the prompt).
+    structured_output: str = "auto"
+    # Sampling and reasoning, by configuration: CAIRN_TEMPERATURE (never sent to reasoning models),
+    # CAIRN_MAX_OUTPUT_TOKENS (sent as max_completion_tokens), CAIRN_REASONING_EFFORT and
+    # CAIRN_<ROLE>_REASONING_EFFORT (keyed "default" and by role).
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    reasoning_effort: dict[str, str] = field(default_factory=dict)
+
+    def effort_for(self, role: str) -> str | None:
+        return self.reasoning_effort.get(role) or self.reasoning_effort.get("default")
+
+    def is_reasoning(self, role: str, model: str) -> bool:
+        """A reasoning model: one given a reasoning effort, or one of OpenAI's by name."""
+        return self.effort_for(role) is not None or bool(_REASONING_MODEL.match(model))
 
     def cost(self, models: tuple[str, ...], input_tokens: int, output_tokens: int) -> float:
         """The call's cost from the first of `models` (response model, then request model) with a
@@ -146,12 +169,30 @@ class LLMConfig:
             value = env.get(f"CAIRN_{role.upper()}_MODEL")
             if value:
                 models[role] = value
+        efforts = {"default": env.get("CAIRN_REASONING_EFFORT") or ""}
+        for role in ROLES:
+            efforts[role] = env.get(f"CAIRN_{role.upper()}_REASONING_EFFORT") or ""
+        mode = (env.get("CAIRN_STRUCTURED_OUTPUT") or "auto").strip().lower()
+        if mode not in STRUCTURED_OUTPUT_MODES:
+            raise ConfigError(
+                f"CAIRN_STRUCTURED_OUTPUT={mode!r} must be one of {', '.join(STRUCTURED_OUTPUT_MODES)}"
+            )
+        temperature = _float(env, "CAIRN_TEMPERATURE", 0.0) if env.get("CAIRN_TEMPERATURE") else None
+        if temperature is not None and not 0 <= temperature <= 2:
+            raise ConfigError(f"CAIRN_TEMPERATURE={temperature:g} must be between 0 and 2")
+        max_output = _int(env, "CAIRN_MAX_OUTPUT_TOKENS", 0)
+        if max_output < 0:
+            raise ConfigError(f"CAIRN_MAX_OUTPUT_TOKENS={max_output} must be a positive number of tokens")
         return LLMConfig(
             api_key=env.get("OPENAI_API_KEY") or None,
             base_url=env.get("OPENAI_BASE_URL") or None,
             models=models,
             request_timeout_seconds=_float(env, "CAIRN_LLM_TIMEOUT", 120.0),
             prices=model_prices(env),
+            structured_output=mode,
+            temperature=temperature,
+            max_output_tokens=max_output or None,
+            reasoning_effort={k: v.strip().lower() for k, v in efforts.items() if v.strip()},
         )
 
     def require(self) -> None:

@@ -7,7 +7,7 @@ a client or a connection; those live on the worker.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -297,10 +297,22 @@ class ChatMessage(_Payload):
     content: str
 
 
+class StructuredOutput(_Payload):
+    """The answer's shape, for a call that expects JSON: a JSON schema in the form strict structured
+    output accepts (common/structured.py builds it from the pydantic model that validates the reply)."""
+
+    name: str
+    json_schema: dict[str, Any]
+    strict: bool = True
+
+
 class ChatRequest(_Payload):
     role: Role
     messages: list[ChatMessage]
     purpose: str = ""
+    # Set when the reply must be JSON of a schema: the activity asks the provider in its own terms
+    # (response_format), falling back as far as the server requires.
+    output: StructuredOutput | None = None
 
 
 class ChatResponse(_Payload):
@@ -309,6 +321,8 @@ class ChatResponse(_Payload):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    # How the server was asked for JSON: json_schema, json_object or prompt ("" for prose).
+    output_mode: str = ""
 
 
 class StepInput(_Payload):

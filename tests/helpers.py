@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import httpx
 from temporalio.api.enums.v1 import EventType
@@ -52,7 +53,11 @@ def events_of(hist: WorkflowHistory, event_type: int) -> list:
 
 
 async def run(
-    *command: str, env: dict[str, str] | None = None, check: bool = True, seconds: float = 120
+    *command: str,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    seconds: float = 120,
+    cwd: Path | None = None,
 ) -> tuple[int, str, str]:
     """Run a command without blocking the event loop (the test's worker runs on that loop)."""
     process = await asyncio.create_subprocess_exec(
@@ -61,6 +66,7 @@ async def run(
         stderr=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL,
         env=env,
+        cwd=cwd,
     )
     out, err = await asyncio.wait_for(process.communicate(), seconds)
     code = process.returncode or 0

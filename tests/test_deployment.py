@@ -22,6 +22,7 @@ async def test_compose_file_is_valid_and_complete() -> None:
     assert set(services.split()) == {"postgresql", "temporal", "temporal-ui", "worker"}
     _, rendered, _ = await run(compose(), "-f", str(ROOT / "docker-compose.yml"), "config")
     assert "DB: postgres12" in rendered and "TEMPORAL_ADDRESS: temporal:7233" in rendered
+    assert "- doctor" in rendered  # the worker's health check is `cairn doctor`
 
 
 async def test_the_validator_would_catch_a_broken_file(tmp_path: Path) -> None:

@@ -287,7 +287,7 @@ async def test_postgres_holds_the_corpus_the_archive_and_the_payloads(
 def test_findings_must_cite_known_sources() -> None:
     from activities.researcher import parse_finding
 
-    ok = parse_finding('{"summary": "s", "claims": [{"text": "t", "sources": ["S1"]}]}', {"S1"})
+    ok = parse_finding('{"summary": "s", "claims": [{"text": "t", "sources": ["S1"]}]}', ["S1"])
     assert ok == {"summary": "s", "claims": [{"text": "t", "source_ids": ["S1"]}]}
     for bad, problem in (
         ("no json", "no JSON object"),
@@ -296,7 +296,7 @@ def test_findings_must_cite_known_sources() -> None:
         ('{"summary": "s", "claims": [{"sources": []}]}', "claims.0"),
     ):
         with pytest.raises(ValueError, match=re.escape(problem)):
-            parse_finding(bad, {"S1"})
+            parse_finding(bad, ["S1"])
 
 
 def test_each_graph_is_compiled_once_and_shared_across_threads() -> None:

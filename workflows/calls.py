@@ -1,4 +1,4 @@
-"""How workflows call activities: one place for timeouts, retry policies and structured-output parsing.
+"""How workflows call activities: one place for timeouts, retry policies and structured output.
 
 Deterministic only: no I/O, no clocks, no environment. Every activity call states its timeouts and a
 bounded retry policy here, so a change of policy is one edit and every workflow agrees.
@@ -6,8 +6,6 @@ bounded retry policy here, so a change of policy is one edit and every workflow 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
 
@@ -16,10 +14,11 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+    from pydantic import BaseModel
 
-    from common.models import ChatMessage, ChatRequest, ChatResponse, Role, StepSpec, Usage
+    from common.models import ChatMessage, ChatRequest, ChatResponse, Role, StructuredOutput, Usage
     from common.names import LLM_CHAT, llm_task_queue
+    from common.structured import output_spec, validated
 
 LLM_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -42,14 +41,20 @@ LLM_HEARTBEAT = HEARTBEAT_TIMEOUT
 
 ERR_MALFORMED_OUTPUT = "MalformedModelOutput"
 
-T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
-async def chat(role: Role, messages: list[ChatMessage], summary: str, usage: Usage) -> ChatResponse:
+async def chat(
+    role: Role,
+    messages: list[ChatMessage],
+    summary: str,
+    usage: Usage,
+    output: StructuredOutput | None = None,
+) -> ChatResponse:
     """One `llm.chat` activity. Adds the call's tokens to `usage`, which lives in workflow state."""
     response = await workflow.execute_activity(
         LLM_CHAT,
-        ChatRequest(role=role, messages=messages, purpose=summary),
+        ChatRequest(role=role, messages=messages, purpose=summary, output=output),
         result_type=ChatResponse,
         # The LLM queue: the server caps its dispatch rate across all workers together (worker.py).
         task_queue=llm_task_queue(workflow.info().task_queue),
@@ -73,24 +78,28 @@ async def chat(role: Role, messages: list[ChatMessage], summary: str, usage: Usa
 async def chat_structured(
     role: Role,
     messages: list[ChatMessage],
-    parse: Callable[[str], T],
+    model: type[M],
     *,
+    name: str,
     attempts: int,
     summary: str,
     usage: Usage,
-) -> T:
-    """Ask for JSON and validate it; on a malformed reply, show the model its error and ask again.
+) -> M:
+    """Ask for JSON of `model`'s schema and validate the reply with `model`; on a reply that fails
+    validation (a server that honours the schema only loosely, or a semantic check the schema cannot
+    state), show the model its error and ask again.
 
     Re-asking lives in the workflow, not in the activity, so each attempt is its own recorded call
     and a crash between attempts repeats none of them.
     """
+    output = output_spec(name, model)
     conversation = list(messages)
     problem = ""
     for attempt in range(1, attempts + 1):
         label = summary if attempt == 1 else f"{summary} (re-ask {attempt - 1})"
-        reply = await chat(role, conversation, label, usage)
+        reply = await chat(role, conversation, label, usage, output=output)
         try:
-            return parse(reply.content)
+            return validated(model, reply.content)
         except ValueError as err:
             problem = str(err)
             workflow.logger.warning("%s: malformed model output (%s)", summary, problem)
@@ -106,56 +115,3 @@ async def chat_structured(
         type=ERR_MALFORMED_OUTPUT,
         non_retryable=True,
     )
-
-
-class DraftStep(StepSpec):
-    """A step as the model writes it: unknown keys are dropped rather than refused."""
-
-    model_config = ConfigDict(extra="ignore")
-
-
-class PlanDraft(BaseModel):
-    """A plan as the model writes it. Extra keys are tolerated: models add them freely."""
-
-    model_config = ConfigDict(extra="ignore")
-    rationale: str = ""
-    steps: list[DraftStep] = Field(min_length=1)
-
-
-class ReviewDraft(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    sufficient: bool
-    rationale: str = ""
-    steps: list[DraftStep] = Field(default_factory=list)
-
-
-def json_object(text: str) -> object:
-    """The first JSON object in a reply, tolerating code fences and chatter around it."""
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end <= start:
-        raise ValueError("the reply contains no JSON object")
-    try:
-        return json.loads(text[start : end + 1])
-    except json.JSONDecodeError as err:
-        raise ValueError(f"the JSON does not parse ({err.msg} at position {err.pos})") from err
-
-
-def _validated(model: type[BaseModel], text: str) -> BaseModel:
-    try:
-        return model.model_validate(json_object(text))
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "the object"
-        raise ValueError(f"{where}: {first['msg']}") from err
-
-
-def parse_plan(text: str) -> PlanDraft:
-    draft = _validated(PlanDraft, text)
-    assert isinstance(draft, PlanDraft)
-    return draft
-
-
-def parse_review(text: str) -> ReviewDraft:
-    draft = _validated(ReviewDraft, text)
-    assert isinstance(draft, ReviewDraft)
-    return draft

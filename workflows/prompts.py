@@ -10,8 +10,6 @@ the scripted test server can tell the roles apart.
 
 from __future__ import annotations
 
-import json
-
 from common.models import ChatMessage, Finding, Plan
 
 PLANNER_HEADER = "You are Cairn's planner."
@@ -20,10 +18,9 @@ RESEARCHER_HEADER = "You are Cairn's researcher."
 CODER_HEADER = "You are Cairn's coder."
 REPORTER_HEADER = "You are Cairn's reporter."
 
-_PLAN_FORMAT = (
-    'Answer with one JSON object and nothing else: {"rationale": "<why this plan>", "steps": '
-    '[{"title": "<short imperative>", "kind": "research" or "code", "description": "<what to find '
-    'or compute>"}]}. Use "code" only for steps that need computation, data processing or charts.'
+_PLAN_TASK = (
+    "Give each step a short imperative title, a kind (research, or code only for a step that needs "
+    "computation, data processing or charts) and a description of what to find out or compute."
 )
 
 
@@ -33,7 +30,8 @@ def plan_messages(question: str, max_steps: int) -> list[ChatMessage]:
             role="system",
             content=(
                 f"{PLANNER_HEADER}\nBreak the research question into at most {max_steps} "
-                f"independent steps that together answer it well.\n{_PLAN_FORMAT}"
+                f"independent steps that together answer it well. {_PLAN_TASK} Say briefly why this "
+                "plan answers the question."
             ),
         ),
         ChatMessage(role="user", content=f"Research question: {question}"),
@@ -46,7 +44,8 @@ def revise_messages(question: str, plan: Plan, feedback: str, max_steps: int) ->
             role="system",
             content=(
                 f"{PLANNER_HEADER}\nRevise the plan following the person's feedback; keep at most "
-                f"{max_steps} steps.\n{_PLAN_FORMAT}"
+                f"{max_steps} steps. {_PLAN_TASK} To keep or reword one of the current steps, give its "
+                "id; a new step has none."
             ),
         ),
         ChatMessage(
@@ -66,11 +65,9 @@ def review_messages(
         ChatMessage(
             role="system",
             content=(
-                f"{REVIEWER_HEADER}\nJudge whether the findings cover the question. Answer with "
-                'one JSON object and nothing else: {"sufficient": true or false, "rationale": '
-                '"<why>", "steps": [<new steps, same shape as a plan step: {"title", "kind", '
-                f'"description"}}>]}}. Propose at most {max_new_steps} new steps, and none when '
-                "coverage is sufficient."
+                f"{REVIEWER_HEADER}\nJudge whether the findings cover the question, and say why. "
+                f"Where they do not, propose at most {max_new_steps} new steps to fill the gaps "
+                f"(none when coverage is sufficient). {_PLAN_TASK}"
             ),
         ),
         ChatMessage(
@@ -129,23 +126,20 @@ def researcher_messages(question: str, title: str, description: str, context: st
     ]
 
 
-FINDING_FORMAT = (
-    'Answer with one JSON object and nothing else: {"summary": "<the finding in a few sentences of '
-    'markdown>", "claims": [{"text": "<one factual statement>", "sources": ["S1"]}]}. Every claim '
-    "names the ids of the sources that support it, and only ids that appear in the notes."
-)
-
-
 def finding_messages(task: str, notes: str, sources: str, problem: str = "") -> list[ChatMessage]:
     """Ask the researcher to turn its notes into a finding: a summary and claims tied to sources.
     `task` is the step as the researcher was given it (question, step, context)."""
     user = f"{task}\n\nYour notes:\n{notes}\n\nSources you may cite:\n{sources or '(none)'}"
     if problem:
-        user += f"\n\nYour previous answer was not valid: {problem}. Answer again with the JSON only."
+        user += f"\n\nYour previous answer was not valid: {problem}. Answer again."
     return [
         ChatMessage(
             role="system",
-            content=f"{RESEARCHER_HEADER}\nWrite the finding of your research step. {FINDING_FORMAT}",
+            content=(
+                f"{RESEARCHER_HEADER}\nWrite the finding of your research step: a summary of a few "
+                "sentences of markdown, and the factual claims it rests on, each naming the ids of the "
+                "sources that support it (only sources listed in the notes)."
+            ),
         ),
         ChatMessage(role="user", content=user),
     ]
@@ -218,7 +212,7 @@ def report_messages(question: str, findings: list[Finding]) -> list[ChatMessage]
 
 def render_steps(plan: Plan) -> str:
     return "\n".join(
-        f"{i}. [{s.kind}] {s.title} ({s.status})" + (f": {s.description}" if s.description else "")
+        f"{i}. {s.id} [{s.kind}] {s.title} ({s.status})" + (f": {s.description}" if s.description else "")
         for i, s in enumerate(plan.steps, 1)
     )
 
@@ -236,10 +230,3 @@ def render_findings(findings: list[Finding]) -> str:
             + (f"\nSources: {cites}" if cites else "")
         )
     return "\n\n".join(parts)
-
-
-def plan_json(plan: Plan) -> str:
-    """The plan as the planner would have written it, for re-asking after a malformed reply."""
-    return json.dumps(
-        {"steps": [{"title": s.title, "kind": s.kind, "description": s.description} for s in plan.steps]}
-    )

@@ -61,9 +61,10 @@ with workflow.unsafe.imports_passed_through():
         UPDATE_EDIT_PLAN,
         UPDATE_RAISE_BUDGET,
     )
+    from common.structured import DraftStep, plan_model, review_model
     from workflows import prompts, reporting
     from workflows.budget import Budget
-    from workflows.calls import WORKFLOW_TASK_TIMEOUT, chat, chat_structured, parse_plan, parse_review
+    from workflows.calls import WORKFLOW_TASK_TIMEOUT, chat, chat_structured
     from workflows.details import render_details
 
 T = TypeVar("T")
@@ -203,7 +204,8 @@ class ResearchWorkflow:
                     chat_structured(
                         "planner",
                         prompts.plan_messages(self._input.question, self._input.max_steps),
-                        parse_plan,
+                        plan_model(self._input.max_steps),
+                        name="plan",
                         attempts=self._input.max_plan_attempts,
                         summary="plan v1",
                         usage=self._usage,
@@ -276,7 +278,8 @@ class ResearchWorkflow:
                         prompts.revise_messages(
                             self._input.question, self._plan, changes.feedback, self._input.max_steps
                         ),
-                        parse_plan,
+                        plan_model(self._input.max_steps, self._step_ids()),
+                        name="plan",
                         attempts=self._input.max_plan_attempts,
                         summary=f"plan v{version + 1} (revision)",
                         usage=self._usage,
@@ -420,7 +423,7 @@ class ResearchWorkflow:
         # Runs from before the researcher agent keep their one-call StepWorkflow on replay.
         return RESEARCHER_WORKFLOW if workflow.patched(PATCH_RESEARCHER_AGENT) else STEP_WORKFLOW
 
-    async def _review(self) -> list[StepSpec]:
+    async def _review(self) -> list[DraftStep]:
         assert self._plan is not None
         self._set_phase("replanning")
         review = await chat_structured(
@@ -428,7 +431,8 @@ class ResearchWorkflow:
             prompts.review_messages(
                 self._input.question, self._plan, self._ordered_findings(), self._input.max_steps
             ),
-            parse_review,
+            review_model(self._input.max_steps, self._step_ids()),
+            name="review",
             attempts=self._input.max_plan_attempts,
             summary=f"review plan v{self._plan.version}",
             usage=self._usage,
@@ -491,9 +495,13 @@ class ResearchWorkflow:
     def _current_version(self) -> int:
         return self._plan.version if self._plan else 0
 
+    def _step_ids(self) -> tuple[str, ...]:
+        """The ids a revision or review may name: the plan's steps, to keep or reword."""
+        return tuple(s.id for s in self._plan.steps) if self._plan else ()
+
     def _install_plan(
         self,
-        specs: Sequence[StepSpec],
+        specs: Sequence[StepSpec | DraftStep],
         rationale: str,
         *,
         keep_completed: bool = False,
@@ -517,10 +525,11 @@ class ResearchWorkflow:
         existing = {s.id: s for s in self._plan.steps} if self._plan else {}
         steps = list(kept)
         for spec in specs[: self._input.max_steps]:
-            if spec.id in kept_ids:
+            named = getattr(spec, "id", None)  # an editor's, or a model's when it may name steps
+            if named in kept_ids:
                 continue  # A completed step sent back unchanged by an editor.
-            if spec.id and spec.id in existing:
-                step_id = spec.id
+            if named and named in existing:
+                step_id = named
             else:
                 step_id = f"s{self._next_step}"
                 self._next_step += 1

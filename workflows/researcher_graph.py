@@ -102,10 +102,11 @@ class ResearcherState(TypedDict, total=False):
     stopped_by: str  # "" or which budget ended the research
 
 
-class ToolTask(TypedDict):
+class ToolTask(TypedDict, total=False):
     call: dict[str, Any]
     scope: str
     refusal: str
+    refusal_type: str  # the typed error the model reads for a refused call
 
 
 class ResearcherNodes(Protocol):
@@ -136,15 +137,16 @@ async def after_model(state: ResearcherState) -> Any:
     remaining = state["limits"]["tool_calls"] - state.get("tool_calls", 0)
     sends = []
     for i, call in enumerate(calls):
-        refusal = ""
+        refusal, kind = "", "ToolRefused"
         if call.get("error"):
-            refusal = f"the call was malformed: {call['error']}"
+            refusal, kind = f"the call's arguments are not valid JSON: {call['error']}", "ToolBadArguments"
         elif call.get("name") not in state.get("offered", []):
             refusal = f"there is no tool named {call.get('name')!r} here; use one of {state.get('offered')}"
         elif i >= remaining:
             refusal = "the step's tool-call budget is spent; write up what you have"
         target = NODE_REFUSE if refusal else call["name"]
-        sends.append(Send(target, ToolTask(call=call, scope=state.get("scope", ""), refusal=refusal)))
+        task = ToolTask(call=call, scope=state.get("scope", ""), refusal=refusal, refusal_type=kind)
+        sends.append(Send(target, task))
     return sends
 
 
@@ -181,7 +183,8 @@ def tool_answer(task: ToolTask, result: dict[str, Any]) -> dict[str, Any]:
 
 async def refuse(task: ToolTask) -> dict[str, Any]:
     """A call that will not run still gets an answer: the model's API requires one per call."""
-    return tool_answer(task, {"kind": "error", "type": "ToolRefused", "message": task["refusal"]})
+    kind = task.get("refusal_type") or "ToolRefused"
+    return tool_answer(task, {"kind": "error", "type": kind, "message": task["refusal"]})
 
 
 def _step_title(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ PASSED_THROUGH = (
     # Cairn's own data types and names: plain definitions, no I/O at import.
     "common.models",
     "common.names",
+    "common.structured",
     # Pure helpers of the workflows (prompts, parsing, report framing, UI details): no module state,
     # no I/O. Importing them once instead of into every workflow's sandbox saves ~10 ms per new run.
     "workflows.budget",
