@@ -46,6 +46,7 @@ from common.config import (
     TemporalConfig,
     cairn_home,
     metrics_port,
+    private_files,
     worker_role,
 )
 from common.names import RESEARCHER_GRAPH, llm_task_queue
@@ -204,11 +205,12 @@ def metrics_runtime(port: int) -> Runtime:
 
 
 async def main() -> None:
+    private_files()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = TemporalConfig.from_env()
     role, limits = worker_role(), LLMLimits.from_env()  # A bad value stops the worker here, named.
     port = metrics_port()
-    client = await connect(config, **({"runtime": metrics_runtime(port)} if port else {}))
+    client = await (connect(config, runtime=metrics_runtime(port)) if port else connect(config))
     if port:
         log.info("metrics at http://127.0.0.1:%d/metrics", port)
     sandbox = SandboxActivities()

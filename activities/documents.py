@@ -6,36 +6,147 @@ and "where are its passages", so a passage's `char_offset` always points into th
 
 Must never: guess at a format it does not support (an unsupported file is a clear error, not an empty
 document), execute or fetch anything a document refers to (no scripts, no external entities, no URLs),
-or return a passage that is not an exact slice of the text it was cut from.
+or return a passage that is not an exact slice of the text it was cut from. Must never open anything
+but a regular file (opening a FIFO blocks, a device never ends), read more than `max_bytes` + 1 bytes
+of one (MAX_BYTES unless the caller says otherwise), or pass bytes to a parser before they look like
+the format the suffix names: binary data renamed `.md` would otherwise become passages a model cites.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 SUPPORTED = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf")
+_HTML = (".html", ".htm")
 
 # Passages of roughly this many characters: long enough to carry a thought, short enough that five of
 # them fit in a model's context next to everything else.
 MIN_CHARS = 800
 MAX_CHARS = 1500
 
+# A book-length PDF is a few megabytes; a larger "document" is a data dump or a mistake, and holding it
+# costs several times its size in memory while it is parsed.
+MAX_BYTES = 50 * 1024 * 1024
+_CHUNK = 1024 * 1024
 
-def read_document(path: Path) -> tuple[str, str]:
-    """(title, text) of a document; ValueError for a suffix we do not read."""
+# Text has tabs, line breaks and the odd escape sequence of a coloured log; binary data runs to 10-25%
+# control characters even with its NUL bytes removed.
+MAX_CONTROL_SHARE = 0.05
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+
+# Formats no suffix turns into a document, known by their first bytes.
+_BINARY_MAGIC = (
+    (b"\x7fELF", "an ELF executable"),
+    (b"\xcf\xfa\xed\xfe", "a Mach-O executable"),
+    (b"\xca\xfe\xba\xbe", "a Mach-O or Java class file"),
+    (b"\x00asm", "a WebAssembly module"),
+    (b"PK\x03\x04", "a ZIP archive (or a format built on one: docx, xlsx, jar, epub)"),
+    (b"PK\x05\x06", "an empty ZIP archive"),
+    (b"\x1f\x8b", "gzip data"),
+    (b"\xfd7zXZ\x00", "xz data"),
+    (b"(\xb5/\xfd", "zstd data"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+)
+
+
+class NotADocument(ValueError):
+    """A file refused before any parser sees it: not a regular file, too large, or not the format its
+    suffix names. The message says which, for the person who named the file."""
+
+
+def read_document(path: Path, max_bytes: int = MAX_BYTES) -> tuple[str, str]:
+    """(title, text) of a document; ValueError for a suffix we do not read, NotADocument for a file that
+    is not a document of its suffix's kind."""
     suffix = path.suffix.lower()
-    if suffix in (".txt", ".md", ".markdown"):
-        text = path.read_bytes().decode("utf-8-sig", errors="replace")  # -sig: drop a BOM
-        return _markdown_title(text) if suffix != ".txt" else "", text
-    if suffix in (".html", ".htm"):
-        return _read_html(path.read_bytes())
+    if suffix not in SUPPORTED:
+        raise ValueError(
+            f"cannot read {path.name}: unsupported suffix {suffix or '(none)'!r}; {supported_text()}"
+        )
+    raw = _read_regular(path, max_bytes)
+    for magic, kind in _BINARY_MAGIC:
+        if raw.startswith(magic):
+            raise NotADocument(f"{kind}, not a document, whatever its suffix says")
     if suffix == ".pdf":
-        return _read_pdf(path)
-    raise ValueError(
-        f"cannot read {path.name}: unsupported suffix {suffix or '(none)'!r}; {supported_text()}"
-    )
+        if not raw.startswith(b"%PDF"):
+            raise NotADocument("not a PDF: it does not start with %PDF")
+        return _read_pdf(raw, path.stem)
+    if suffix in _HTML:
+        _as_text(raw, legacy_encoding_ok=True)  # Refuses what is not text before the parser sees it.
+        return _read_html(raw)
+    text = _as_text(raw, legacy_encoding_ok=False)
+    return _markdown_title(text) if suffix != ".txt" else "", text
+
+
+def _read_regular(path: Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file `path` names (through any symlinks), at most `max_bytes`. Anything
+    else is refused from its stat, before it is opened; the open checks again what it got."""
+    target = os.path.realpath(path)
+    _require_regular(os.stat(target), max_bytes)
+    # O_NONBLOCK: should a FIFO be swapped in after the check, opening it must not wait for a writer.
+    # O_NOFOLLOW: nor may a symlink swapped in lead elsewhere.
+    fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _require_regular(os.fstat(fd), max_bytes)
+        data = bytearray()
+        while len(data) <= max_bytes:  # A file that grows while read still stops one byte past the cap.
+            chunk = os.read(fd, min(_CHUNK, max_bytes + 1 - len(data)))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise NotADocument(_too_large(max_bytes))
+    return bytes(data)
+
+
+def _require_regular(info: os.stat_result, max_bytes: int) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kinds = (
+            (stat.S_ISDIR, "a directory"),
+            (stat.S_ISFIFO, "a FIFO (named pipe)"),
+            (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"),
+            (stat.S_ISSOCK, "a socket"),
+        )
+        kind = next((name for test, name in kinds if test(info.st_mode)), "a special file")
+        raise NotADocument(f"{kind}, not a regular file")
+    if info.st_size > max_bytes:  # Its apparent size: a sparse file is refused without a byte read.
+        raise NotADocument(_too_large(max_bytes, info.st_size))
+
+
+def _too_large(max_bytes: int, size: int | None = None) -> str:
+    what = f"{size:,} bytes, over" if size is not None else "over"
+    return f"too large: {what} the cap of {max_bytes:,} bytes (CAIRN_INGEST_MAX_BYTES)"
+
+
+def _as_text(raw: bytes, *, legacy_encoding_ok: bool) -> str:
+    """`raw` as text, or NotADocument when it is not: NUL bytes, bytes that are not UTF-8 (HTML may
+    declare a legacy charset, which its parser reads), or a high share of control characters."""
+    if b"\x00" in raw:
+        raise NotADocument("binary data, not text: it holds NUL bytes (UTF-16 text must be saved as UTF-8)")
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: drop a BOM
+    except UnicodeDecodeError as err:
+        if not legacy_encoding_ok:
+            raise NotADocument(f"not UTF-8 text: {err.reason} at byte {err.start}") from None
+        text = raw.decode("latin-1")  # Only to count control characters below.
+    controls = len(_CONTROL.findall(text))
+    if controls > MAX_CONTROL_SHARE * len(text):
+        raise NotADocument(
+            f"binary data, not text: {controls:,} of its {len(text):,} characters are control characters"
+        )
+    return text
 
 
 def supported_text() -> str:
@@ -43,16 +154,17 @@ def supported_text() -> str:
 
 
 def iter_documents(paths: list[Path]) -> Iterator[Path]:
-    """Every document under `paths`: directories recursively (sorted, skipping hidden names and files we
-    cannot read), files as named. A missing path or an explicitly named unsupported file is an error:
-    the person asked for it by name, so silently skipping it would hide a mistake."""
+    """Every document under `paths`: directories recursively (sorted, skipping hidden names and suffixes
+    we do not read), files as named. A missing path or an explicitly named unsupported file is an error:
+    the person asked for it by name, so silently skipping it would hide a mistake. A FIFO, device or
+    socket with a document's suffix is yielded too, for `read_document` to refuse by name."""
     for path in paths:
         if path.is_dir():
             for child in sorted(path.rglob("*")):
                 relative = child.relative_to(path).parts
                 if any(part.startswith(".") for part in relative):
                     continue
-                if child.is_file() and child.suffix.lower() in SUPPORTED:
+                if child.suffix.lower() in SUPPORTED and child.exists() and not child.is_dir():
                     yield child
         elif path.exists():
             if path.suffix.lower() not in SUPPORTED:
@@ -92,15 +204,15 @@ def _read_html(raw: bytes) -> tuple[str, str]:
     return title, text
 
 
-def _read_pdf(path: Path) -> tuple[str, str]:
+def _read_pdf(raw: bytes, stem: str) -> tuple[str, str]:
     from pypdf import PdfReader
 
-    reader = PdfReader(path)
+    reader = PdfReader(BytesIO(raw))
     pages = [(page.extract_text() or "").strip() for page in reader.pages]
     title = ""
     if reader.metadata is not None and reader.metadata.title:
         title = str(reader.metadata.title).strip()
-    return title or path.stem, "\n\n".join(page for page in pages if page)
+    return title or stem, "\n\n".join(page for page in pages if page)
 
 
 # Boundaries from strongest to weakest: a blank line, a line break, the end of a sentence, any space.

@@ -4,8 +4,13 @@ A model chooses the URL, so this is the one place Cairn talks to an address nobo
 never reach a private, loopback, link-local or otherwise non-public address unless the operator allowed
 it (`CAIRN_FETCH_ALLOW_PRIVATE`, `CAIRN_FETCH_ALLOW_HOSTS`): every address a host resolves to is checked,
 on every redirect hop, and the connection goes to the address that was checked (the name is not looked
-up a second time, so DNS rebinding cannot swap in another). It must never read without bounds either:
-bodies stop at a byte cap, the download at a time cap, extracted text at a character cap.
+up a second time, so DNS rebinding cannot swap in another). A numeric host in any form the C resolver
+accepts (0177.0.0.1, 0x7f.1, 127.1, 2130706433) is judged as the address it means. It must never read
+without bounds either: bodies stop at a byte cap counted in decoded bytes, the download at a time cap,
+extracted text at a character cap. Content codings are undone here, a bounded step at a time, so a
+compressed body never unfolds in memory past the cap; a coding we do not decode is refused, not passed
+on. A page is decoded only with a character encoding of the web, never with one of Python's other codecs
+(zlib, base64, rot13, ...), which turn bytes into anything at all.
 
 HTML goes through trafilatura for the article text (boilerplate such as navigation and footers dropped),
 with a plain lxml text pass when trafilatura finds no article. Errors become `ApplicationError`s with
@@ -21,8 +26,10 @@ import ipaddress
 import re
 import socket
 import ssl
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 import lxml.etree
@@ -40,6 +47,8 @@ from common.web_config import FetchConfig
 ERR_REFUSED = "FetchRefused"  # not http(s), or an address the configuration does not allow
 ERR_TIMEOUT = "FetchTimeout"  # retryable: the download outlasted CAIRN_FETCH_TIMEOUT_SECONDS
 ERR_UNSUPPORTED = "FetchUnsupportedType"  # an image, a PDF, a binary: not text we can read
+ERR_ENCODING = "FetchUnsupportedEncoding"  # a Content-Encoding we do not decode (br, zstd, unknown)
+ERR_CHARSET = "FetchUnsupportedCharset"  # a charset that is not a text encoding of the web
 ERR_HTTP = "FetchHTTPError"  # the server's status: 4xx for good, 5xx retryable
 ERR_RATE_LIMITED = "FetchRateLimited"  # retryable 429, after Retry-After
 ERR_UNAVAILABLE = "FetchUnavailable"  # retryable: connection refused or reset, a DNS hiccup
@@ -55,6 +64,39 @@ _REDIRECTS = {301, 302, 303, 307, 308}
 _RETRYABLE_4XX = {408, 425}
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]+)""", re.IGNORECASE)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NUMERIC_HOST = re.compile(r"[0-9a-fx.]+")  # what might be an IPv4 address in inet_aton's forms
+
+_CODINGS = ("gzip", "x-gzip", "deflate")  # the content codings we undo; no others are offered
+_HEADERS = {
+    "User-Agent": USER_AGENT,
+    "Accept": "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.5",
+    "Accept-Encoding": "gzip, deflate",  # _CODINGS, and nothing else
+}
+_MAX_CODINGS = 2  # servers apply one; a longer chain only multiplies the work of undoing it
+_STEP = 64 * 1024  # the most one decoding stage hands on at a time
+
+# The character encodings of the WHATWG Encoding Standard (those browsers decode pages with), as Python
+# names them, with ASCII and Latin-1, which that standard reads as windows-1252. Python's other codecs are
+# no charsets of the web: some are not text at all (zlib, bz2, base64, rot13), some fail in untyped ways
+# (undefined) or are slow on hostile input (punycode).
+_WEB_CHARSETS = frozenset(
+    codecs.lookup(name).name
+    for name in (
+        "utf-8 utf-16 utf-16-le utf-16-be ascii latin-1 cp866 koi8-r koi8-u mac-roman mac-cyrillic cp874 "
+        "iso8859-2 iso8859-3 iso8859-4 iso8859-5 iso8859-6 iso8859-7 iso8859-8 iso8859-10 iso8859-13 "
+        "iso8859-14 iso8859-15 iso8859-16 cp1250 cp1251 cp1252 cp1253 cp1254 cp1255 cp1256 cp1257 cp1258 "
+        "gbk gb2312 gb18030 big5 big5hkscs euc-jp iso2022-jp shift-jis cp932 euc-kr cp949"
+    ).split()
+)
+# Labels of those encodings that Python does not know by these names.
+_WEB_LABELS = {
+    "windows-874": "cp874",
+    "x-mac-cyrillic": "mac-cyrillic",
+    "iso-8859-8-i": "iso8859-8",
+    "windows-31j": "cp932",
+    "x-sjis": "shift-jis",
+    "windows-949": "cp949",
+}
 
 
 def _refused(message: str) -> ApplicationError:
@@ -74,6 +116,7 @@ def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
         ("unspecified", ip.is_unspecified),
         ("loopback", ip.is_loopback),
         ("link-local", ip.is_link_local),
+        ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),  # fec0::/10
         ("multicast", ip.is_multicast),
         ("private", ip.is_private),
         ("reserved", ip.is_reserved),
@@ -82,6 +125,39 @@ def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
         if flag:
             return kind
     return None
+
+
+class _Inflater:
+    """Undoes one gzip or deflate coding, handing on at most _STEP bytes at a time: the output of
+    `undo` is a lazy stream, so however far the input unfolds, this holds one step of it."""
+
+    def __init__(self, coding: str) -> None:
+        # HTTP's deflate is zlib-wrapped, but some servers send it raw: the first two bytes tell.
+        self._inflate = None if coding == "deflate" else zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip
+        self._head = b""
+
+    def undo(self, pieces: Iterable[bytes]) -> Iterator[bytes]:
+        for data in pieces:
+            if self._inflate is None:
+                self._head += data
+                if len(self._head) < 2:
+                    continue
+                data, wrapped = self._head, _zlib_header(self._head)
+                self._inflate = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+            more = bool(data)
+            while more:
+                if self._inflate.eof:
+                    return  # what follows the end of the stream is not read
+                out = self._inflate.decompress(data, _STEP)
+                data = self._inflate.unconsumed_tail
+                # A full step may leave output inside zlib, to come out on the next call.
+                more = bool(data) or len(out) == _STEP
+                yield out
+
+
+def _zlib_header(head: bytes) -> bool:
+    """Whether a deflate stream starts with a zlib header (RFC 1950: method 8, check bits)."""
+    return head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
 
 
 @dataclass
@@ -136,31 +212,32 @@ class PageFetcher:
             ) from err
 
     async def _follow(self, url: str) -> _Body:
-        # Trust no environment proxy: a proxy would resolve names itself, after our address check.
+        # Requests go to a transport, not through httpx's client: the client parses every Location
+        # itself, before we can check it, and fails on address forms (0177.0.0.1) we must judge instead.
+        # The transport uses no proxy: a proxy would resolve names itself, after our address check.
         # No keep-alive either, so a hop never rides a connection opened (and verified) for another host.
         bundle = self._config.ca_bundle
-        async with httpx.AsyncClient(
-            timeout=self._config.timeout_seconds,
-            follow_redirects=False,
-            trust_env=False,
+        async with httpx.AsyncHTTPTransport(
             verify=ssl.create_default_context(cafile=bundle) if bundle else True,
+            trust_env=False,
             limits=httpx.Limits(max_keepalive_connections=0),
-            headers={
-                "User-Agent": USER_AGENT,
-                "Accept": "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.5",
-            },
-        ) as client:
+        ) as transport:
             current = url
             for _hop in range(self._config.max_redirects + 1):
                 target = await self._check(current)
-                response = await self._open(client, target)
+                current = target.url
+                response = await self._open(transport, target)
                 try:
                     if response.status_code in _REDIRECTS and response.headers.get("location"):
-                        current = urljoin(current, response.headers["location"])
+                        try:
+                            current = urljoin(current, response.headers["location"])
+                        except ValueError as err:
+                            raise _refused(f"{current[:200]} redirects to an invalid URL: {err}") from err
                         continue
                     _check_status(current, response)
                     content_type = _content_type(current, response)
-                    data, truncated = await self._read(response, current)
+                    codings = _codings(current, response)
+                    data, truncated = await self._read(response, current, codings)
                     return _Body(current, content_type, data, truncated, response.charset_encoding)
                 finally:
                     await response.aclose()
@@ -172,12 +249,13 @@ class PageFetcher:
 
     async def _check(self, url: str) -> _Target:
         """Parse `url`, resolve its host and refuse it unless every address it resolves to is allowed."""
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in ("http", "https"):
-            raise _refused(f"only http and https URLs can be fetched, not {url[:200]!r}")
         try:
-            parsed = httpx.URL(url)
-        except httpx.InvalidURL as err:
+            parts = urlsplit(url)
+            if parts.scheme.lower() not in ("http", "https"):
+                raise _refused(f"only http and https URLs can be fetched, not {url[:200]!r}")
+            spelled = _ipv4_spelled_out(url, parts)
+            parsed = httpx.URL(spelled)
+        except (ValueError, httpx.InvalidURL) as err:
             raise _refused(f"{url[:200]!r} is not a valid URL: {err}") from err
         host = parsed.raw_host.decode("ascii").strip("[]").lower().rstrip(".")
         if not host:
@@ -202,22 +280,22 @@ class PageFetcher:
                         f"refusing to fetch {url[:200]}: {where} a {problem} address. "
                         "Set CAIRN_FETCH_ALLOW_PRIVATE=1, or list the host in CAIRN_FETCH_ALLOW_HOSTS, to allow it"
                     )
-        return _Target(url=url, parsed=parsed, addresses=addresses)
+        return _Target(url=spelled, parsed=parsed, addresses=addresses)
 
-    async def _open(self, client: httpx.AsyncClient, target: _Target) -> httpx.Response:
+    async def _open(self, transport: httpx.AsyncHTTPTransport, target: _Target) -> httpx.Response:
         """Connect to a checked address (the first that accepts), naming the host in Host and TLS SNI."""
-        host_header = target.parsed.netloc.decode("ascii")
-        sni = target.parsed.raw_host.decode("ascii")
+        headers = {"Host": target.parsed.netloc.decode("ascii"), **_HEADERS}
+        extensions = {
+            "sni_hostname": target.parsed.raw_host.decode("ascii"),
+            "timeout": httpx.Timeout(self._config.timeout_seconds).as_dict(),
+        }
         failure: Exception | None = None
         for address in target.addresses:
-            request = client.build_request(
-                "GET",
-                target.parsed.copy_with(host=address),
-                headers={"Host": host_header},
-                extensions={"sni_hostname": sni},
+            request = httpx.Request(
+                "GET", target.parsed.copy_with(host=address), headers=headers, extensions=extensions
             )
             try:
-                return await client.send(request, stream=True)
+                return await transport.handle_async_request(request)
             except httpx.ConnectError as err:
                 if _tls_failure(err):
                     raise ApplicationError(
@@ -234,28 +312,37 @@ class PageFetcher:
             f"cannot connect to {target.url[:200]}: {failure!r}", type=ERR_UNAVAILABLE
         ) from failure
 
-    async def _read(self, response: httpx.Response, url: str) -> tuple[bytes, bool]:
-        """The body up to the byte cap; past it, stop reading and say the page was cut."""
+    async def _read(self, response: httpx.Response, url: str, codings: list[str]) -> tuple[bytes, bool]:
+        """The decoded body up to the byte cap; past it, stop reading and say the page was cut.
+        `codings` are undone here, stage by stage, so no stage ever holds more than a step of output."""
         cap = self._config.max_bytes
+        stages = [_Inflater(coding) for coding in codings]
         chunks: list[bytes] = []
         size = 0
-        truncated = False
         try:
-            async for chunk in response.aiter_bytes():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > cap:
-                    truncated = True
-                    break
+            async for raw in response.aiter_raw():
+                pieces: Iterable[bytes] = (raw,)
+                for stage in stages:
+                    pieces = stage.undo(pieces)
+                for piece in pieces:
+                    chunks.append(piece)
+                    size += len(piece)
+                    if size > cap:
+                        return b"".join(chunks)[:cap], True
+                    # A small input may unfold into much work that yields nothing (empty blocks): let
+                    # the time cap in, between steps.
+                    await asyncio.sleep(0)
         except httpx.TimeoutException:
             raise
-        except httpx.DecodingError as err:  # a broken gzip stream stays broken
+        except zlib.error as err:  # a broken stream stays broken
             raise ApplicationError(
-                f"{url[:200]} sent a body that cannot be decoded: {err}", type=ERR_HTTP, non_retryable=True
+                f"{url[:200]} sent a body that cannot be decoded as {', '.join(codings)}: {err}",
+                type=ERR_HTTP,
+                non_retryable=True,
             ) from err
         except httpx.TransportError as err:
             raise ApplicationError(f"reading {url[:200]} failed: {err!r}", type=ERR_UNAVAILABLE) from err
-        return b"".join(chunks)[:cap], truncated
+        return b"".join(chunks), False
 
     # -- extraction ---------------------------------------------------------------------------------
 
@@ -284,6 +371,38 @@ class PageFetcher:
             size_bytes=len(body.data),
             truncated=truncated,
         )
+
+
+def _ipv4_spelled_out(url: str, parts: SplitResult) -> str:
+    """`url` with a numeric IPv4 host in any form the C resolver accepts (octal 0177.0.0.1, hex 0x7f.1,
+    short 127.1, one integer 2130706433) written as the dotted quad it means, as browsers do. That is
+    the address checked and connected to; httpx's own parser rejects some of these forms outright."""
+    host = (parts.hostname or "").rstrip(".")
+    if not _NUMERIC_HOST.fullmatch(host):
+        return url
+    try:
+        address = socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return url  # a name after all (cafe.face), for the resolver
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    _, colon, port = hostport.partition(":")
+    return parts._replace(netloc=f"{userinfo}{at}{address}{colon}{port}").geturl()
+
+
+def _codings(url: str, response: httpx.Response) -> list[str]:
+    """The response's content codings in the order to undo them; any we do not decode is refused, since
+    its bytes are not the page."""
+    listed = [c.strip().lower() for c in response.headers.get_list("content-encoding", split_commas=True)]
+    codings = [c for c in listed if c not in ("", "identity")]
+    unknown = [c for c in codings if c not in _CODINGS]
+    if unknown or len(codings) > _MAX_CODINGS:
+        problem = f"{', '.join(unknown)}, which fetch_url does not decode" if unknown else "too many codings"
+        raise ApplicationError(
+            f"{url[:200]} is sent with Content-Encoding {', '.join(listed)[:200]}: {problem}",
+            type=ERR_ENCODING,
+            non_retryable=True,
+        )
+    return codings[::-1]
 
 
 def _check_status(url: str, response: httpx.Response) -> None:
@@ -332,17 +451,34 @@ def _meta_charset(body: bytes) -> str | None:
     return found.group(1).decode("ascii") if found else None
 
 
+def _web_charset(charset: str) -> str:
+    """The Python codec for a declared charset; refused unless it is a text encoding of the web."""
+    label = charset.strip().lower()
+    try:
+        codec = codecs.lookup(_WEB_LABELS.get(label, label)).name
+    except (LookupError, ValueError):
+        codec = ""
+    if codec not in _WEB_CHARSETS:
+        raise ApplicationError(
+            f"the page declares charset {charset[:60]!r}, which is not a text encoding of the web",
+            type=ERR_CHARSET,
+            non_retryable=True,
+        )
+    return codec
+
+
 def _decode(body: bytes, charset: str | None, truncated: bool) -> str:
-    """Decode with the declared charset; else UTF-8, else windows-1252 (the web's legacy default).
-    A body cut at the byte cap may end mid-character: that tail is dropped, not guessed."""
+    """Decode with the declared charset (refused unless it is one of the web's); else UTF-8, else
+    windows-1252 (the web's legacy default). A body cut at the byte cap may end mid-character: that tail is dropped, not guessed."""
+    codec = _web_charset(charset) if charset else None
     if b"\x00" in body[:1024] and not body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise ApplicationError("the body is binary, not text", type=ERR_UNSUPPORTED, non_retryable=True)
-    for candidate in (charset, "utf-8"):
+    for candidate in (codec, "utf-8"):
         if not candidate:
             continue
         try:
             return codecs.getincrementaldecoder(candidate)("strict").decode(body, final=not truncated)
-        except (LookupError, UnicodeDecodeError):
+        except UnicodeDecodeError:
             continue
     return body.decode("windows-1252", errors="replace")
 

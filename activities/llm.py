@@ -23,6 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import with_heartbeats
+from activities.redact import redact
 from activities.telemetry import STRUCTURED_OUTPUT, Telemetry
 from common.config import LLMConfig
 from common.models import ChatMessage, ChatRequest, ChatResponse, StructuredOutput
@@ -87,8 +88,24 @@ def _detail(err: openai.APIStatusError) -> str:
     return str(err.message)[:500]
 
 
-def translate_error(err: Exception, model: str, *, tools: bool = False) -> ApplicationError:
-    """Map a provider exception onto an ApplicationError that Temporal's retry policy acts on."""
+def translate_error(
+    err: Exception, model: str, *, tools: bool = False, secrets: tuple[str | None, ...] = ()
+) -> ApplicationError:
+    """Map a provider exception onto an ApplicationError that Temporal's retry policy acts on, its
+    message cleared of credentials (the provider may echo the key; the message lands in history)."""
+    failure = _translate(err, model, tools)
+    cleaned = redact(failure.message, secrets)
+    if cleaned == failure.message:
+        return failure
+    return ApplicationError(
+        cleaned,
+        type=failure.type,
+        non_retryable=failure.non_retryable,
+        next_retry_delay=failure.next_retry_delay,
+    )
+
+
+def _translate(err: Exception, model: str, tools: bool) -> ApplicationError:
     if isinstance(err, openai.LengthFinishReasonError):
         return ApplicationError(
             f"model {model} stopped at its output token limit before finishing the answer: "
@@ -258,11 +275,12 @@ class LLMActivities:
         key = (self._config.base_url, model)
         if self._structured.get(key) != mode:
             self._structured[key] = mode
+            said = _detail(err) if isinstance(err, openai.APIStatusError) else str(err)
             activity.logger.warning(
                 "the LLM server refuses response_format %s for model %s (%s); asking it with %s from now on",
                 refused,
                 model,
-                _detail(err) if isinstance(err, openai.APIStatusError) else err,
+                redact(said, (self._config.api_key,)),
                 mode,
             )
         return mode
@@ -313,7 +331,7 @@ class LLMActivities:
                     ):
                         mode = self._learn(model, mode, err)
                         continue
-                    failure = translate_error(err, model, tools=bool(tools))
+                    failure = translate_error(err, model, tools=bool(tools), secrets=(self._config.api_key,))
                     telemetry.llm_failed(span, model=model, role=role, error_type=failure.type or "")
                     raise failure from err
             usage = getattr(reply, "usage_metadata", None) or {}

@@ -8,16 +8,21 @@ interpreter start-up. The parent stays PID 1 and collects the child's output thr
 capped head and tail), enforces the wall-clock timeout, kills every leftover process, reads the cgroup's
 OOM and pids counters and the files in /workspace/out, and writes ONE JSON report line to its stdout.
 
-PID 1 of a PID namespace cannot be killed by signals sent from inside it, so the user's program cannot
-kill its supervisor; the host still caps what it reads from the report and kills the container on its own
-deadline, because nothing inside the container is trusted.
+The program runs as the same uid as its supervisor, so the supervisor makes itself non-dumpable before
+it forks: the kernel then refuses the program ptrace, /proc/1/mem and /proc/1/fd (the report's stdout),
+which it would otherwise have as the owner. The kernel delivers a signal sent from inside the namespace
+to its PID 1 only if PID 1 handles it, and the supervisor keeps no handler, so no signal reaches it.
+The host still validates and caps the report and kills the container on its own deadline, because
+nothing inside the container is trusted.
 
 Must never: import anything outside Python's standard library (it runs in the minimal image), read the
-program before the host sends it, or write anything to its stdout except the single report line. The
-worker never imports this module; it only reads its text.
+program before the host sends it, write anything to its stdout except the single report line, run the
+program while PID 1 is dumpable or handles a signal, or leave the program any descriptor but its stdin
+and two pipes. The worker never imports this module; it only reads its text.
 """
 
 import base64
+import ctypes
 import json
 import os
 import selectors
@@ -31,6 +36,28 @@ import traceback
 WORKSPACE = "/workspace"
 OUT_DIR = "/workspace/out"
 MPL_CACHE = "/usr/share/cairn/mplconfig"
+PR_SET_DUMPABLE, PR_GET_DUMPABLE = 4, 3
+
+
+def _ignore_handled_signals():
+    """Ignore every signal Python installed a handler for (SIGINT); returns those handlers.
+
+    The kernel drops a signal sent to PID 1 from inside its namespace unless PID 1 handles it, so with
+    no handler left no signal from the program can reach the supervisor.
+    """
+    handlers = {}
+    for sig in signal.valid_signals():
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            handlers[sig] = handler
+            signal.signal(sig, signal.SIG_IGN)
+    return handlers
+
+
+def _set_dumpable(value):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, value, 0, 0, 0) != 0 or libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != value:
+        raise OSError(ctypes.get_errno(), f"prctl(PR_SET_DUMPABLE, {value}) failed")
 
 
 def _prepare_idle():
@@ -220,52 +247,65 @@ def _cgroup_counter(paths, key):
     return None
 
 
+def _name_for_host(path, cap):
+    """The name of an artifact as the host accepts it: valid Unicode (bytes that are not UTF-8 become
+    U+FFFD, since JSON cannot carry them) of at most `cap` characters (a path may have 4,095 bytes)."""
+    name = os.fsencode(os.path.relpath(path, OUT_DIR)).decode("utf-8", "replace")
+    if len(name) <= cap:
+        return name
+    half = (cap - 1) // 2
+    return name[:half] + "~" + name[-half:]  # keeps the file name's end, and so its extension
+
+
+def _read_regular(path, limit):
+    """The file's first `limit` bytes, or None if it is not a regular file (never follows a link)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read(limit)
+
+
 def _collect_artifacts(limits):
+    """Kept artifacts, the first `max_skipped_listed` skipped ones, and how many more were skipped.
+
+    Streams the walk, so a program that leaves a million files costs a count, not a list.
+    """
     kept: list = []
     skipped: list = []
-    total = 0
-    entries = []
+    unlisted = total = 0
+    each, budget = limits["max_artifact_bytes"], limits["max_artifacts_total_bytes"]
     for root, dirs, files in os.walk(OUT_DIR, followlinks=False):
         dirs.sort()
         for name in sorted(files):
             path = os.path.join(root, name)
+            rel = _name_for_host(path, limits["max_name_chars"])
             st = os.lstat(path)
-            rel = os.path.relpath(path, OUT_DIR)
+            size = st.st_size
             if not stat.S_ISREG(st.st_mode):
-                skipped.append({"name": rel, "size": 0, "reason": "not a regular file"})
-                continue
-            entries.append((rel, path, st.st_size))
-    for rel, path, size in entries:
-        if len(kept) >= limits["max_artifacts"]:
-            skipped.append(
-                {
-                    "name": rel,
-                    "size": size,
-                    "reason": "too many artifacts (limit {})".format(limits["max_artifacts"]),
-                }
-            )
-        elif size > limits["max_artifact_bytes"]:
-            skipped.append(
-                {
-                    "name": rel,
-                    "size": size,
-                    "reason": "larger than {} bytes".format(limits["max_artifact_bytes"]),
-                }
-            )
-        elif total + size > limits["max_artifacts_total_bytes"]:
-            skipped.append(
-                {
-                    "name": rel,
-                    "size": size,
-                    "reason": "artifacts total over {} bytes".format(limits["max_artifacts_total_bytes"]),
-                }
-            )
-        else:
-            with open(path, "rb") as f:
-                data = f.read(limits["max_artifact_bytes"] + 1)[: limits["max_artifact_bytes"]]
-            total += len(data)
-            kept.append({"name": rel, "size": len(data), "data": base64.b64encode(data).decode()})
-    return kept, skipped
+                reason, size = "not a regular file", 0
+            elif len(kept) >= limits["max_artifacts"]:
+                reason = "too many artifacts (limit {})".format(limits["max_artifacts"])
+            elif size > each:
+                reason = f"larger than {each} bytes"
+            elif total + size > budget:
+                reason = f"artifacts total over {budget} bytes"
+            else:
+                # Read no more than the limits allow, even if the file changed since lstat.
+                data = _read_regular(path, min(each, budget - total))
+                if data is not None:
+                    total += len(data)
+                    kept.append({"name": rel, "size": len(data), "data": base64.b64encode(data).decode()})
+                    continue
+                reason, size = "not a regular file", 0
+            if len(skipped) < limits["max_skipped_listed"]:
+                skipped.append({"name": rel, "size": size, "reason": reason})
+            else:
+                unlisted += 1
+    return kept, skipped, unlisted
 
 
 def _emit(report):
@@ -277,6 +317,10 @@ def _emit(report):
 
 
 def main():
+    # First, before anything of the request is read: the program must never see a dumpable PID 1, nor
+    # one with a signal handler.
+    _set_dumpable(0)
+    handlers = _ignore_handled_signals()
     _prepare_idle()
     req = _read_request()
     _write_inputs(req)
@@ -285,14 +329,19 @@ def main():
     err_r, err_w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        # The program gets back what PID 1 gave up: dumpable, so it owns its own /proc entries
+        # (oom_score_adj, /proc/self/fd), and Python's signal handlers. Neither changes PID 1.
+        _set_dumpable(1)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         os.close(out_r)
         os.close(err_r)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
-        for fd in (devnull, out_w, err_w):
-            os.close(fd)
+        # Nothing else of the supervisor's: not its stdin or report stream, nor any other descriptor.
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         return req["code"]
     os.close(out_w)
     os.close(err_w)
@@ -302,7 +351,7 @@ def main():
         ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"], "oom_kill"
     )
     pids_max = _cgroup_counter(["/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events"], "max")
-    artifacts, skipped = _collect_artifacts(limits)
+    artifacts, skipped, unlisted = _collect_artifacts(limits)
     _emit(
         {
             "cairn_report": 1,
@@ -315,6 +364,7 @@ def main():
             "pids_max_events": pids_max,
             "artifacts": artifacts,
             "artifacts_skipped": skipped,
+            "artifacts_skipped_unlisted": unlisted,
         }
     )
     return None

@@ -6,11 +6,14 @@ program reaches it. Everything here blocks, so async callers run it in a thread 
 
 Must never: mount the Docker socket or any host path into a container, pass the worker's environment in
 (the environment is the explicit SANDBOX_ENV below), give a container a network, or trust what comes out
-of a container (every read is capped and the host keeps its own deadline).
+of a container (every read is capped, the host keeps its own deadline, and the report is parsed against
+`BootstrapReport` and the configured limits before anything else reads it).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import socket
@@ -19,15 +22,31 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import docker
 import docker.errors
 from docker.types import LogConfig, Ulimit
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 from temporalio.exceptions import ApplicationError
 
 from activities.sandbox_config import SandboxConfig
-from common.sandbox_models import ERR_ENGINE_UNAVAILABLE, ERR_IMAGE_MISSING, ERR_INTERNAL
+from common.sandbox_models import (
+    ERR_ENGINE_UNAVAILABLE,
+    ERR_IMAGE_MISSING,
+    ERR_INTERNAL,
+    ERR_REPORT_INVALID,
+    MAX_SKIPPED_LISTED,
+    clip,
+)
 
 LABEL = "cairn.sandbox"
 LABEL_OWNER = "cairn.owner"  # "<hostname>|<pid>|<process start ticks>" of the creating process
@@ -86,11 +105,114 @@ def _owner_alive(owner: str) -> bool | None:
     return pid.isdigit() and _process_start_ticks(int(pid)) == ticks
 
 
+# -- the report ---------------------------------------------------------------------------------
+
+# Longest artifact name in a report; the bootstrap is told this limit and shortens longer names.
+REPORT_NAME_CHARS = 512
+_COUNT = 2**53  # no count or size in a report comes near this
+
+
+def _base64(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError("must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as err:
+        raise ValueError(f"not base64 ({err})") from err
+
+
+Base64 = Annotated[bytes, PlainValidator(_base64)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ReportStream(_Strict):
+    head: Base64
+    tail: Base64
+    total: int = Field(ge=0, le=_COUNT)
+
+
+class ReportArtifact(_Strict):
+    name: str = Field(min_length=1, max_length=REPORT_NAME_CHARS)
+    size: int = Field(ge=0, le=_COUNT)
+    data: Base64
+
+
+class ReportSkipped(_Strict):
+    name: str = Field(min_length=1, max_length=REPORT_NAME_CHARS)
+    size: int = Field(ge=0, le=_COUNT)
+    reason: str = Field(max_length=200)
+
+
+class BootstrapReport(_Strict):
+    """The one line the bootstrap writes, as the host accepts it. Every field is required, typed and
+    bounded; limits that depend on the configuration are checked against the `SandboxConfig` passed
+    as validation context."""
+
+    cairn_report: Literal[1]
+    exit_code: int = Field(ge=-128, le=255)  # negative: killed by that signal
+    timed_out: bool
+    duration_ms: int = Field(ge=0, le=_COUNT)
+    stdout: ReportStream
+    stderr: ReportStream
+    oom_kills: int | None = Field(ge=0, le=_COUNT)
+    pids_max_events: int | None = Field(ge=0, le=_COUNT)
+    artifacts: list[ReportArtifact]
+    artifacts_skipped: list[ReportSkipped] = Field(max_length=MAX_SKIPPED_LISTED)
+    artifacts_skipped_unlisted: int = Field(ge=0, le=_COUNT)
+
+    @model_validator(mode="after")
+    def _within_limits(self, info: ValidationInfo) -> BootstrapReport:
+        cfg = info.context
+        if not isinstance(cfg, SandboxConfig):
+            raise ValueError("parse reports with parse_report(), which supplies the limits")
+        for label, stream in (("stdout", self.stdout), ("stderr", self.stderr)):
+            kept = len(stream.head) + len(stream.tail)
+            if kept > cfg.output_cap_bytes or kept > stream.total:
+                raise ValueError(f"{label} keeps {kept} bytes of {stream.total} (cap {cfg.output_cap_bytes})")
+        if len(self.artifacts) > cfg.max_artifacts:
+            raise ValueError(f"{len(self.artifacts)} artifacts (limit {cfg.max_artifacts})")
+        for a in self.artifacts:
+            if a.size != len(a.data) or a.size > cfg.max_artifact_bytes:
+                raise ValueError(
+                    f"artifact size {a.size} with {len(a.data)} bytes (limit {cfg.max_artifact_bytes})"
+                )
+        total = sum(a.size for a in self.artifacts)
+        if total > cfg.max_artifacts_total_bytes:
+            raise ValueError(f"artifacts total {total} bytes (limit {cfg.max_artifacts_total_bytes})")
+        return self
+
+
+def parse_report(line: bytes, config: SandboxConfig) -> BootstrapReport:
+    """Validate the bootstrap's report line; anything that does not fit is a non-retryable error, since
+    a rerun of the same program would produce the same report."""
+    try:
+        return BootstrapReport.model_validate_json(line, context=config)
+    except ValidationError as err:
+        errors = err.errors(include_url=False, include_input=False)
+        problems = [f"{'.'.join(map(str, e['loc'])) or 'report'}: {e['msg']}" for e in errors[:5]]
+        if len(errors) > 5:
+            problems.append(f"{len(errors) - 5} more problems")
+        raise ApplicationError(
+            clip("sandbox report invalid: " + "; ".join(problems), 1000),
+            type=ERR_REPORT_INVALID,
+            non_retryable=True,
+        ) from None
+
+
+def _report_too_large(limit: int) -> ApplicationError:
+    return ApplicationError(
+        f"sandbox report invalid: more than {limit} bytes", type=ERR_REPORT_INVALID, non_retryable=True
+    )
+
+
 @dataclass
 class RawRun:
-    """What came back from one container: the bootstrap's report, or why there is none."""
+    """What came back from one container: the bootstrap's validated report, or why there is none."""
 
-    report: dict[str, Any] | None
+    report: BootstrapReport | None
     stderr: bytes  # the bootstrap's own stderr (its crash, if any), capped
     host_timed_out: bool = False
     exit_code: int | None = None  # container exit code when there was no report
@@ -257,17 +379,19 @@ class SandboxEngine:
                     break
                 if stream == 1:
                     out += data
-                    if len(out) > limit:
-                        raise ApplicationError(f"sandbox report exceeded {limit} bytes", type=ERR_INTERNAL)
-                    if data.endswith(b"\n") or b"\n" in data:
+                    if b"\n" in data:
                         line = bytes(out).split(b"\n", 1)[0]
-                        return RawRun(report=json.loads(line), stderr=bytes(err_buf))
+                        if len(line) > limit:
+                            raise _report_too_large(limit)
+                        return RawRun(report=parse_report(line, self.config), stderr=bytes(err_buf))
+                    if len(out) > limit:
+                        raise _report_too_large(limit)
                 elif len(err_buf) < _STDERR_KEEP:
                     err_buf += data[: _STDERR_KEEP - len(err_buf)]
         except TimeoutError:
             self.kill(cid)
             return RawRun(report=None, stderr=bytes(err_buf), host_timed_out=True)
-        except (OSError, json.JSONDecodeError) as err:
+        except OSError as err:
             raise ApplicationError(f"sandbox stream broke: {err}", type=ERR_INTERNAL) from err
         finally:
             sock.close()

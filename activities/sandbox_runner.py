@@ -10,16 +10,17 @@ pool, the kill that ends a cancelled run would wait behind them. Control calls (
 therefore never queue behind stream reads.
 
 Must never: report a failing program as an activity failure (that is a result with exit_code != 0), turn
-an infrastructure failure into a result, leave a container behind when a run is cancelled, or store an
-artifact outside the directory it was given.
+an infrastructure failure into a result, leave a container behind when a run is cancelled, store an
+artifact outside the directory it was given or under a name the program chose unsanitised, or let the
+model see an unbounded list of what the program left behind.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import hashlib
+import itertools
 import logging
 import mimetypes
 import signal
@@ -33,12 +34,20 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.sandbox_config import MIB, SandboxConfig
-from activities.sandbox_engine import LABEL_DEADLINE, RawRun, SandboxEngine
+from activities.sandbox_engine import (
+    LABEL_DEADLINE,
+    REPORT_NAME_CHARS,
+    RawRun,
+    ReportArtifact,
+    ReportStream,
+    SandboxEngine,
+)
 from activities.sandbox_pool import WarmPool
 from common.sandbox_models import (
     ERR_ENGINE_UNAVAILABLE,
     ERR_INVALID_REQUEST,
     MAX_INPUT_BYTES,
+    MAX_SKIPPED_LISTED,
     Artifact,
     ExecRequest,
     ExecResult,
@@ -51,6 +60,11 @@ T = TypeVar("T")
 
 PREVIEW_CHARS = 2000
 _TEXT_TYPES = ("text/", "application/json", "application/csv")
+# Artifact names as stored and shown: at most NAME_DEPTH components of at most NAME_PART_BYTES each.
+NAME_DEPTH = 8
+NAME_PART_BYTES = 100
+# Reserved on common file systems, or markup where names are shown; replaced like control characters.
+_SPECIAL = set('\\:*?"<>|`')
 
 
 class SandboxRunner:
@@ -149,6 +163,8 @@ class SandboxRunner:
                 "max_artifacts": self.config.max_artifacts,
                 "max_artifact_bytes": self.config.max_artifact_bytes,
                 "max_artifacts_total_bytes": self.config.max_artifacts_total_bytes,
+                "max_skipped_listed": MAX_SKIPPED_LISTED,
+                "max_name_chars": REPORT_NAME_CHARS,
             },
         }
         cid = await self.pool.take() if use_pool else None
@@ -218,59 +234,119 @@ class SandboxRunner:
             else:
                 result.error = f"the sandbox supervisor died without a report (exit code {result.exit_code})"
             return result
-        code = int(rep["exit_code"])
+        code = rep.exit_code
         if code < 0:
             # Killed by a signal: report it the way a shell would (128 + signal number).
             result.signal = _signal_name(-code)
             code = 128 - code
         result.exit_code = code
-        result.timed_out = bool(rep["timed_out"])
-        result.duration_ms = int(rep["duration_ms"])
-        result.stdout, result.stdout_truncated, result.stdout_bytes = _decode_stream(rep["stdout"], "stdout")
-        result.stderr, result.stderr_truncated, result.stderr_bytes = _decode_stream(rep["stderr"], "stderr")
-        result.oom_killed = (rep.get("oom_kills") or 0) > 0
-        pids_events = rep.get("pids_max_events")
-        if pids_events is None:
+        result.timed_out = rep.timed_out
+        result.duration_ms = rep.duration_ms
+        result.stdout, result.stdout_truncated, result.stdout_bytes = _decode_stream(rep.stdout, "stdout")
+        result.stderr, result.stderr_truncated, result.stderr_bytes = _decode_stream(rep.stderr, "stderr")
+        result.oom_killed = (rep.oom_kills or 0) > 0
+        if rep.pids_max_events is None:
             # The cgroup counter was unreadable; fall back to the symptom Python prints.
             result.pids_limit_hit = "Resource temporarily unavailable" in result.stderr
         else:
-            result.pids_limit_hit = pids_events > 0
-        result.artifacts = self._store_artifacts(rep.get("artifacts") or [], artifacts_dir)
-        result.artifacts_skipped = [SkippedArtifact(**s) for s in rep.get("artifacts_skipped") or []]
+            result.pids_limit_hit = rep.pids_max_events > 0
+        result.artifacts, refused = store_artifacts(rep.artifacts, artifacts_dir)
+        skipped = refused + [
+            SkippedArtifact(name=shown_name(s.name), size=s.size, reason=s.reason)
+            for s in rep.artifacts_skipped
+        ]
+        result.artifacts_skipped = skipped[:MAX_SKIPPED_LISTED]
+        result.artifacts_skipped_unlisted = rep.artifacts_skipped_unlisted + len(skipped[MAX_SKIPPED_LISTED:])
         result.error = explain(result)
         return result
 
-    def _store_artifacts(self, items: list[dict[str, Any]], directory: Path) -> list[Artifact]:
-        stored: list[Artifact] = []
-        for item in items[: self.config.max_artifacts]:
-            rel = PurePosixPath(str(item["name"]))
-            if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-                continue  # names come from inside the sandbox; never let one escape the directory
-            data = base64.b64decode(item["data"])[: self.config.max_artifact_bytes]
-            target = directory.joinpath(*rel.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-            media_type = mimetypes.guess_type(rel.name)[0] or "application/octet-stream"
-            preview = None
-            if media_type.startswith(_TEXT_TYPES) and len(data) <= 64 * 1024:
-                preview = data[: PREVIEW_CHARS * 4].decode("utf-8", "replace")[:PREVIEW_CHARS]
-            stored.append(
-                Artifact(
-                    name=str(rel),
-                    size=len(data),
-                    media_type=media_type,
-                    path=str(target.resolve()),
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    preview=preview,
-                )
+
+def _safe_part(part: str) -> str:
+    """One printable path component of at most NAME_PART_BYTES, keeping a short extension if cut."""
+    part = "".join(ch if ch.isprintable() and ch not in _SPECIAL else "_" for ch in part)
+    if len(part.encode()) <= NAME_PART_BYTES:
+        return part
+    ext = PurePosixPath(part).suffix
+    ext = ext if len(ext.encode()) <= 12 else ""
+    head = part.encode()[: NAME_PART_BYTES - len(ext.encode()) - 1].decode("utf-8", "ignore")
+    return f"{head}~{ext}"
+
+
+def shown_name(name: str) -> str:
+    """The bounded, sanitised form of an artifact name from the sandbox, as stored and shown."""
+    parts = [_safe_part(p) for p in name.split("/") if p not in ("", ".")]
+    if len(parts) > NAME_DEPTH:
+        parts = [*parts[: NAME_DEPTH - 2], "~", *parts[-1:]]
+    return "/".join(parts) or "_"
+
+
+def _free(directory: Path, target: Path, taken: set[Path]) -> bool:
+    """`target` may be written: not already written by this run, no link or directory in its place, and
+    every parent below `directory` a real directory or absent."""
+    if target in taken:
+        return False
+    for parent in list(target.relative_to(directory).parents)[:-1]:  # the last is "." itself
+        path = directory / parent
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            return False
+    return not target.is_symlink() and not target.is_dir()
+
+
+def _place(directory: Path, name: str, original: str, taken: set[Path]) -> Path:
+    """Where an artifact is stored: its shown name if free, else a flat name unique to the original."""
+    target = directory / name
+    if _free(directory, target, taken):
+        return target
+    digest = hashlib.sha256(original.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    leaf = PurePosixPath(name).name
+    for n in itertools.count():
+        target = directory / (f"{digest}-{n}-{leaf}" if n else f"{digest}-{leaf}")
+        if _free(directory, target, taken):
+            return target
+    raise AssertionError("unreachable")
+
+
+def store_artifacts(
+    items: list[ReportArtifact], directory: Path
+) -> tuple[list[Artifact], list[SkippedArtifact]]:
+    """Write the report's artifacts under `directory`; returns them and the ones refused.
+
+    Names come from inside the sandbox: they are sanitised and bounded (shown_name), refused if they
+    would climb out of the directory, and moved to a distinct flat name when they collide with a file
+    or directory already written, so every artifact is stored once and always inside `directory`.
+    """
+    stored: list[Artifact] = []
+    refused: list[SkippedArtifact] = []
+    taken: set[Path] = set()
+    for item in items:
+        rel = PurePosixPath(item.name)
+        name = shown_name(item.name)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            refused.append(SkippedArtifact(name=name, size=item.size, reason="name outside out/"))
+            continue
+        target = _place(directory, name, item.name, taken)
+        taken.add(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(item.data)
+        media_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        preview = None
+        if media_type.startswith(_TEXT_TYPES) and len(item.data) <= 64 * 1024:
+            preview = item.data[: PREVIEW_CHARS * 4].decode("utf-8", "replace")[:PREVIEW_CHARS]
+        stored.append(
+            Artifact(
+                name=name,
+                size=len(item.data),
+                media_type=media_type,
+                path=str(target.resolve()),
+                sha256=hashlib.sha256(item.data).hexdigest(),
+                preview=preview,
             )
-        return stored
+        )
+    return stored, refused
 
 
-def _decode_stream(part: dict[str, Any], label: str) -> tuple[str, bool, int]:
-    head = base64.b64decode(part["head"])
-    tail = base64.b64decode(part["tail"])
-    total = int(part["total"])
+def _decode_stream(part: ReportStream, label: str) -> tuple[str, bool, int]:
+    head, tail, total = part.head, part.tail, part.total
     if total <= len(head) + len(tail):
         return (head + tail).decode("utf-8", "replace"), False, total
     omitted = total - len(head) - len(tail)

@@ -30,6 +30,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.fetch import USER_AGENT
 from activities.llm import retry_after
+from activities.redact import redact
 from activities.telemetry import ERROR_TYPE, Telemetry
 from common.research_models import SearchHit, SearchResults
 from common.web_config import DUCKDUCKGO, MAX_RESULTS_LIMIT, SEARXNG, TAVILY, SearchConfig
@@ -65,7 +66,12 @@ async def _raise_for_status(response: httpx.Response) -> None:
 
 
 def _detail(response: httpx.Response) -> str:
-    """The service's own explanation, short: Tavily's `{"detail": {"error": ...}}`, else the body."""
+    """The service's own explanation, short and cleared of credentials: Tavily's
+    `{"detail": {"error": ...}}`, else the body."""
+    return redact(_said(response))
+
+
+def _said(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:

@@ -7,17 +7,24 @@ version is read first and the run must be awaiting approval.
 Runs start with the CairnPhase and CairnOwner search attributes where the server has them registered
 (checked once per client), and without them where it has not: an unregistered attribute must never
 stop a run from starting.
+
+Every signal, update, query and describe of a run goes through `CairnClient._about`, which turns
+Temporal's client errors into one CairnError line ("no run with id X", "run X has ended (completed)",
+"run X did not answer its status query: ..."). Must never: show a person an RPC error's traceback,
+or wait without bound for a worker that may not exist (queries and updates carry a timeout).
 """
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from temporalio.api.enums.v1 import EventType, IndexedValueType, PendingActivityState, TaskQueueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -27,9 +34,12 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
+    WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from client.connection import connect
@@ -63,36 +73,67 @@ from common.names import (
     UPDATE_RAISE_BUDGET,
 )
 from workflows.calls import WORKFLOW_TASK_TIMEOUT
+from workflows.inputs import explain
 
 PHASE = SearchAttributeKey.for_keyword(SEARCH_ATTR_PHASE)
 OWNER = SearchAttributeKey.for_keyword(SEARCH_ATTR_OWNER)
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+# A query or update needs the run's worker. Without one (none polls the task queue, or it is stuck) the
+# call would wait forever; a person's command must end with a message instead. A healthy worker
+# answers in well under a second.
+QUERY_TIMEOUT = timedelta(seconds=5)
+UPDATE_TIMEOUT = timedelta(seconds=10)
+# Step workflows are '<run id>/<step id>': a '/' in a run's own id would make those ambiguous.
+MAX_WORKFLOW_ID = 200
 
 
 class CairnError(Exception):
     """A request Cairn refuses, with a message meant for a person."""
 
 
-def _explain(err: ValidationError) -> str:
-    parts = []
-    for problem in err.errors():
-        where = ".".join(str(p) for p in problem["loc"])
-        message = problem["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
-
-
 def validated_input(question: str, **options: Any) -> ResearchInput:
     try:
         return ResearchInput(question=question, **options)
     except ValidationError as err:
-        raise CairnError(f"invalid research request: {_explain(err)}") from None
+        raise CairnError(f"invalid research request: {explain(err)}") from None
+
+
+def _request(model: type[M], what: str, **fields: Any) -> M:
+    """The signal or update argument `model` built from `fields`, or a CairnError saying what is wrong."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as err:
+        raise CairnError(f"invalid {what}: {explain(err)}") from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def validated_workflow_id(workflow_id: str) -> str:
+    """A run id a person chose, refused at the door unless it is at most MAX_WORKFLOW_ID characters
+    with no whitespace, no control or format characters, and no '/'."""
+    bad = next((c for c in workflow_id if c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Cs")), None)
+    if not workflow_id:
+        problem = "it is empty"
+    elif len(workflow_id) > MAX_WORKFLOW_ID:
+        problem = f"it has {len(workflow_id):,} characters, more than {MAX_WORKFLOW_ID}"
+    elif "/" in workflow_id:
+        problem = "'/' is kept for its steps' workflows ('<id>/<step>')"
+    elif bad is not None:
+        problem = f"it holds {bad!r}; whitespace and control characters are not allowed"
+    else:
+        return workflow_id
+    raise CairnError(f"invalid run id: {problem}")
 
 
 def validated_steps(steps: Sequence[StepSpec | dict[str, Any]]) -> list[StepSpec]:
     try:
         return [s if isinstance(s, StepSpec) else StepSpec.model_validate(s) for s in steps]
     except ValidationError as err:
-        raise CairnError(f"invalid plan edit: {_explain(err)}") from None
+        raise CairnError(f"invalid plan edit: {explain(err)}") from None
 
 
 @dataclass(frozen=True)
@@ -125,10 +166,65 @@ class CairnClient:
     @classmethod
     async def connect(cls, config: TemporalConfig | None = None) -> CairnClient:
         config = config or TemporalConfig.from_env()
-        return cls(await connect(config), config.task_queue)
+        # A client reads large payloads from the store but never writes there: its signals stay inline,
+        # so a worker that cannot see this process's store can still read them.
+        return cls(await connect(config, offload=False), config.task_queue)
 
     def _handle(self, workflow_id: str) -> WorkflowHandle[Any, Any]:
         return self.temporal.get_workflow_handle(workflow_id, result_type=ResearchResult)
+
+    @asynccontextmanager
+    async def _about(self, workflow_id: str, asking: str = "") -> AsyncIterator[None]:
+        """Temporal's client errors about run `workflow_id` as one CairnError line for a person.
+        `asking` names a call its worker must answer ("its status query"), so silence is named too."""
+        if not workflow_id:
+            raise CairnError("no run id given")
+        try:
+            yield
+        except WorkflowQueryFailedError as err:
+            raise CairnError(f"run {workflow_id} did not answer {asking}: {_one_line(err.message)}") from None
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            raise CairnError(self._silent(workflow_id, asking, UPDATE_TIMEOUT)) from None
+        except RPCError as err:
+            raise await self._explained(workflow_id, err, asking) from None
+
+    async def _explained(self, workflow_id: str, err: RPCError, asking: str) -> CairnError:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            # "Not found" is said both of an unknown id and of a run that has closed: describe tells.
+            try:
+                state = (await self._handle(workflow_id).describe()).status
+            except RPCError as again:
+                if again.status == RPCStatusCode.NOT_FOUND:
+                    return CairnError(f"no run with id {workflow_id}")
+                state = None
+            if state is not None and state != WorkflowExecutionStatus.RUNNING:
+                return CairnError(f"run {workflow_id} has ended ({state.name.lower().replace('_', ' ')})")
+        if asking and err.status in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED):
+            return CairnError(self._silent(workflow_id, asking, QUERY_TIMEOUT))
+        if asking and err.status != RPCStatusCode.INVALID_ARGUMENT:
+            return CairnError(f"run {workflow_id} did not answer {asking}: {_one_line(err.message)}")
+        return CairnError(_one_line(err.message))
+
+    async def _signal(self, workflow_id: str, name: str, arg: Any) -> None:
+        async with self._about(workflow_id):
+            await self._handle(workflow_id).signal(name, arg)
+
+    async def _update(self, workflow_id: str, name: str, arg: Any, result_type: type[T], what: str) -> T:
+        """Run update `name`; a rejection by the run's validator is a CairnError naming `what`."""
+        async with self._about(workflow_id, f"the {what}"):
+            try:
+                return await self._handle(workflow_id).execute_update(
+                    name, arg, result_type=result_type, rpc_timeout=UPDATE_TIMEOUT
+                )
+            except WorkflowUpdateFailedError as err:
+                raise CairnError(f"{what} rejected: {err.cause}") from None
+
+    @staticmethod
+    def _silent(workflow_id: str, asking: str, timeout: timedelta) -> str:
+        return (
+            f"run {workflow_id} did not answer {asking} within {timeout.total_seconds():g} s: "
+            "no worker polls its task queue, or its worker is stuck"
+        )
 
     async def registered_search_attributes(self) -> set[str]:
         """Which of Cairn's search attributes the server knows; asked once per client. A server that
@@ -162,33 +258,38 @@ class CairnClient:
 
     async def start(self, question: str, *, workflow_id: str | None = None, **options: Any) -> str:
         request = validated_input(question, **options)
-        workflow_id = workflow_id or f"research-{uuid.uuid4().hex[:12]}"
+        if workflow_id is None:
+            workflow_id = f"research-{uuid.uuid4().hex[:12]}"
+        validated_workflow_id(workflow_id)
         registered = await self.registered_search_attributes()
         pairs = [
             SearchAttributePair(key, value)
             for key, value in ((PHASE, "planning"), (OWNER, self.owner))
             if key.name in registered
         ]
-        await self.temporal.start_workflow(
-            RESEARCH_WORKFLOW,
-            request,
-            id=workflow_id,
-            task_queue=self.task_queue,
-            search_attributes=TypedSearchAttributes(pairs) if pairs else None,
-            # The Web UI's workflow list and page show this line: the question, not just an id.
-            static_summary=request.question[:200],
-            # A workflow task held by a worker that died is handed out again after 5 s, not 10.
-            task_timeout=WORKFLOW_TASK_TIMEOUT,
-        )
+        try:
+            await self.temporal.start_workflow(
+                RESEARCH_WORKFLOW,
+                request,
+                id=workflow_id,
+                task_queue=self.task_queue,
+                search_attributes=TypedSearchAttributes(pairs) if pairs else None,
+                # The Web UI's workflow list and page show this line: the question, not just an id.
+                static_summary=request.question[:200],
+                # A workflow task held by a worker that died is handed out again after 5 s, not 10.
+                task_timeout=WORKFLOW_TASK_TIMEOUT,
+            )
+        except WorkflowAlreadyStartedError:
+            raise CairnError(f"a run with id {workflow_id} already exists") from None
+        except RPCError as err:
+            raise CairnError(f"cannot start run {workflow_id}: {_one_line(err.message)}") from None
         return workflow_id
 
     async def status(self, workflow_id: str) -> RunStatus:
-        try:
-            return await self._handle(workflow_id).query(QUERY_STATUS, result_type=RunStatus)
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise CairnError(f"no run with id {workflow_id}") from None
-            raise
+        async with self._about(workflow_id, "its status query"):
+            return await self._handle(workflow_id).query(
+                QUERY_STATUS, result_type=RunStatus, rpc_timeout=QUERY_TIMEOUT
+            )
 
     async def _awaiting(self, workflow_id: str, plan_version: int | None) -> int:
         if plan_version is not None:
@@ -200,16 +301,14 @@ class CairnClient:
 
     async def approve(self, workflow_id: str, plan_version: int | None = None) -> int:
         version = await self._awaiting(workflow_id, plan_version)
-        await self._handle(workflow_id).signal(SIGNAL_APPROVE_PLAN, ApprovePlan(plan_version=version))
+        approval = _request(ApprovePlan, "approval", plan_version=version)
+        await self._signal(workflow_id, SIGNAL_APPROVE_PLAN, approval)
         return version
 
     async def revise(self, workflow_id: str, feedback: str, plan_version: int | None = None) -> int:
         version = await self._awaiting(workflow_id, plan_version)
-        try:
-            signal = RequestChanges(plan_version=version, feedback=feedback)
-        except ValidationError as err:
-            raise CairnError(f"invalid change request: {_explain(err)}") from None
-        await self._handle(workflow_id).signal(SIGNAL_REQUEST_CHANGES, signal)
+        signal = _request(RequestChanges, "change request", plan_version=version, feedback=feedback)
+        await self._signal(workflow_id, SIGNAL_REQUEST_CHANGES, signal)
         return version
 
     async def edit(
@@ -218,28 +317,20 @@ class CairnClient:
         steps: Sequence[StepSpec | dict[str, Any]],
         plan_version: int | None = None,
     ) -> Plan:
-        edit = EditPlan(
-            plan_version=await self._awaiting(workflow_id, plan_version),
-            steps=validated_steps(steps),
-        )
-        try:
-            return await self._handle(workflow_id).execute_update(UPDATE_EDIT_PLAN, edit, result_type=Plan)
-        except WorkflowUpdateFailedError as err:
-            raise CairnError(f"plan edit rejected: {err.cause}") from None
+        version = await self._awaiting(workflow_id, plan_version)
+        edit = _request(EditPlan, "plan edit", plan_version=version, steps=validated_steps(steps))
+        return await self._update(workflow_id, UPDATE_EDIT_PLAN, edit, Plan, "plan edit")
 
     async def skip_step(self, workflow_id: str, step_id: str) -> None:
         """A pending step will not run; a running one is cancelled (its activities are told)."""
-        await self._handle(workflow_id).signal(SIGNAL_SKIP_STEP, SkipStep(step_id=step_id))
+        await self._signal(workflow_id, SIGNAL_SKIP_STEP, _request(SkipStep, "skip", step_id=step_id))
 
     async def add_step(
         self, workflow_id: str, title: str, kind: str = "research", description: str = ""
     ) -> None:
         """A new step joins the plan of a running run and is carried out with the others."""
-        try:
-            signal = AddStep.model_validate({"title": title, "kind": kind, "description": description})
-        except ValidationError as err:
-            raise CairnError(f"invalid step: {_explain(err)}") from None
-        await self._handle(workflow_id).signal(SIGNAL_ADD_STEP, signal)
+        signal = _request(AddStep, "step", title=title, kind=kind, description=description)
+        await self._signal(workflow_id, SIGNAL_ADD_STEP, signal)
 
     async def raise_budget(
         self,
@@ -250,30 +341,28 @@ class CairnClient:
         deadline_seconds: float | None = None,
     ) -> BudgetStatus:
         """New limits (absolute); a paused run goes on once no limit is reached."""
-        try:
-            raised = RaiseBudget(
-                token_budget=token_budget, cost_budget_usd=cost_budget_usd, deadline_seconds=deadline_seconds
-            )
-        except ValidationError as err:
-            raise CairnError(f"invalid budget: {_explain(err)}") from None
-        try:
-            return await self._handle(workflow_id).execute_update(
-                UPDATE_RAISE_BUDGET, raised, result_type=BudgetStatus
-            )
-        except WorkflowUpdateFailedError as err:
-            raise CairnError(f"budget raise rejected: {err.cause}") from None
+        raised = _request(
+            RaiseBudget,
+            "budget",
+            token_budget=token_budget,
+            cost_budget_usd=cost_budget_usd,
+            deadline_seconds=deadline_seconds,
+        )
+        return await self._update(workflow_id, UPDATE_RAISE_BUDGET, raised, BudgetStatus, "budget raise")
 
     async def abort(self, workflow_id: str, reason: str = "") -> None:
-        await self._handle(workflow_id).signal(SIGNAL_ABORT, AbortRun(reason=reason))
+        await self._signal(workflow_id, SIGNAL_ABORT, _request(AbortRun, "abort", reason=reason))
 
     async def result(self, workflow_id: str) -> ResearchResult:
         try:
-            return await self._handle(workflow_id).result()
+            async with self._about(workflow_id):
+                return await self._handle(workflow_id).result()
         except WorkflowFailureError as err:
             raise CairnError(f"run {workflow_id} failed: {err.cause}") from None
 
     async def describe_status(self, workflow_id: str) -> WorkflowExecutionStatus | None:
-        return (await self._handle(workflow_id).describe()).status
+        async with self._about(workflow_id):
+            return (await self._handle(workflow_id).describe()).status
 
     async def running_activities(self, workflow_id: str) -> list[RunningActivity]:
         """The activities in flight now, in the run and in its running step workflows, each with the
@@ -282,7 +371,8 @@ class CairnClient:
         pending_workflows = [workflow_id]
         while pending_workflows:
             wid = pending_workflows.pop(0)
-            raw = (await self.temporal.get_workflow_handle(wid).describe()).raw_description
+            async with self._about(wid):
+                raw = (await self.temporal.get_workflow_handle(wid).describe()).raw_description
             pending_workflows += [c.workflow_id for c in raw.pending_children]
             if not raw.pending_activities:
                 continue

@@ -19,18 +19,21 @@ from pydantic import BaseModel
 from rich.console import Console
 from temporalio.service import RPCError
 
-from client.api import CairnClient, CairnError, validated_input
+from client.api import CairnClient, CairnError, validated_input, validated_workflow_id
 from client.doctor import add_doctor_command
 from client.embedded import Embedded, EmbeddedError, port_open
 from client.ingest_cli import add_ingest_command
 from client.sandbox_cli import add_sandbox_commands
 from client.watch import watch
-from common.config import ConfigError, LLMConfig, TemporalConfig
+from common.config import ConfigError, LLMConfig, TemporalConfig, private_files
 from common.models import RunStatus
 from common.telemetry import shutdown_process_tracing
 from workflows.details import spend
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+# A plan edit is a few kilobytes; a larger file is a mistake, and reading it whole would cost memory.
+MAX_EDIT_BYTES = 1024 * 1024
 
 
 def _notice(text: str) -> None:
@@ -148,6 +151,8 @@ async def cmd_research(args: argparse.Namespace) -> int:
     }
     options = {k: v for k, v in options.items() if v is not None}
     validated_input(args.question, **options)  # Refuse bad input before starting anything.
+    if args.id is not None:
+        validated_workflow_id(args.id)
     LLMConfig.from_env().require()
     cairn = await _connect(start_embedded=True)
     workflow_id = await cairn.start(args.question, workflow_id=args.id, **options)
@@ -188,14 +193,27 @@ async def cmd_revise(args: argparse.Namespace) -> int:
 
 
 def _read_steps(path: str) -> list[dict[str, Any]]:
+    """The steps in a JSON file (or stdin), at most MAX_EDIT_BYTES; anything unreadable is one CairnError."""
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        if path == "-":
+            raw = sys.stdin.buffer.read(MAX_EDIT_BYTES + 1)
+        else:
+            with Path(path).open("rb") as file:
+                raw = file.read(MAX_EDIT_BYTES + 1)
     except OSError as err:
         raise CairnError(f"cannot read {path}: {err.strerror}") from None
+    if len(raw) > MAX_EDIT_BYTES:
+        raise CairnError(f"{path} is larger than {MAX_EDIT_BYTES:,} bytes; a plan edit is far smaller")
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise CairnError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
     except json.JSONDecodeError as err:
         raise CairnError(f"{path} is not JSON: {err.msg} at line {err.lineno}") from None
+    except RecursionError:
+        raise CairnError(f"{path} is nested too deeply to be a plan") from None
+    except ValueError as err:  # JSON the parser reads but Python cannot hold, e.g. a 5000-digit number.
+        raise CairnError(f"{path} cannot be read as a plan: {err}") from None
     steps = data.get("steps") if isinstance(data, dict) else data
     if not isinstance(steps, list):
         raise CairnError(f'{path} must hold a list of steps or an object {{"steps": [...]}}')
@@ -381,14 +399,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_utf8(argv: list[str]) -> str | None:
+    """The first argument whose bytes were not UTF-8: Python holds them as lone surrogates, which no
+    request to Temporal can carry."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return arg
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "handler", None) is None:
         return int(args.func(args))  # `cairn sandbox ...`: synchronous commands of their own.
+    bad = _not_utf8(sys.argv[1:] if argv is None else argv)
+    if bad is not None:
+        print(f"cairn: an argument is not UTF-8 text: {bad!r}", file=sys.stderr)
+        return 1
     try:
         return asyncio.run(args.handler(args))
     except (CairnError, ConfigError, EmbeddedError) as err:
         print(f"cairn: {err}", file=sys.stderr)
+        return 1
+    except RPCError as err:  # Calls about one run are translated in client/api.py; this is the rest.
+        print(f"cairn: {' '.join(err.message.split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -398,6 +434,7 @@ def entry() -> None:
     """Console-script entry point. Exits without interpreter finalization: the Temporal client's
     native runtime threads can still hold callbacks then, and Python aborts ("PyGILState_Release")
     when they fire during shutdown. Everything worth keeping is flushed first."""
+    private_files()
     code = main()
     shutdown_process_tracing()  # os._exit skips atexit: export the command's spans first.
     sys.stdout.flush()

@@ -12,27 +12,33 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from itertools import zip_longest
 from typing import Any
 
 from pydantic import TypeAdapter
+from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
+from temporalio.common import RawValue
 from temporalio.contrib.pydantic import (
     PydanticJSONPlainPayloadConverter,
     PydanticPayloadConverter,
     pydantic_data_converter,
 )
 from temporalio.converter import DataConverter
+from temporalio.exceptions import ApplicationError
 
-from client.payload_store import external_storage
+from client.payload_store import UNRESOLVED_ENCODING, external_storage
 from common.config import TemporalConfig
 from common.telemetry import process_tracing
 
 
-async def connect(config: TemporalConfig | None = None, **overrides: Any) -> Client:
+async def connect(config: TemporalConfig | None = None, *, offload: bool = True, **overrides: Any) -> Client:
     """Connect with Cairn's converter. With `OTEL_*` tracing configured, the SDK's TracingInterceptor
     goes on the client, and workers built on it inherit it (never add it to a worker as well: every
-    span would appear twice). `interceptors=` or `runtime=` in `overrides` replace the defaults."""
+    span would appear twice). `interceptors=` or `runtime=` in `overrides` replace the defaults.
+    `offload=False` is for clients: they read large payloads from the store but never write there
+    (see client/payload_store.py)."""
     config = config or TemporalConfig.from_env()
     options: dict[str, Any] = dict(config.connect)
     if "interceptors" not in overrides:
@@ -40,7 +46,7 @@ async def connect(config: TemporalConfig | None = None, **overrides: Any) -> Cli
         if tracing is not None:
             options["interceptors"] = [tracing.interceptor]
     options.update(overrides)
-    options.setdefault("data_converter", data_converter())
+    options.setdefault("data_converter", data_converter(offload=offload))
     return await Client.connect(**options)
 
 
@@ -51,14 +57,43 @@ async def connect(config: TemporalConfig | None = None, **overrides: Any) -> Cli
 TYPE_ADAPTERS = functools.lru_cache(maxsize=1024)(TypeAdapter)
 
 
+ERR_PAYLOAD_UNAVAILABLE = "PayloadUnavailable"
+ERR_PAYLOAD_UNDECODABLE = "PayloadUndecodable"
+
+
 class PayloadConverter(PydanticPayloadConverter):
-    """The SDK's pydantic payload converter, with the process-wide TypeAdapter cache."""
+    """The SDK's pydantic payload converter, with the process-wide TypeAdapter cache, and one rule for
+    a payload that cannot be decoded (an unknown encoding, a reference the payload store could not
+    follow, bytes that do not fit the type): a non-retryable ApplicationError saying why. Decoding it
+    again can never succeed, so a workflow's input fails the run at once, an activity's input fails
+    the activity without retries, and a signal's is dropped (the SDK logs it) instead of failing
+    every later workflow task."""
 
     def __init__(self) -> None:
         super().__init__()
         for converter in self.converters.values():
             if isinstance(converter, PydanticJSONPlainPayloadConverter):
                 converter._type_adapter = TYPE_ADAPTERS
+
+    def from_payloads(self, payloads: Sequence[Payload], type_hints: list[type] | None = None) -> list[Any]:
+        for payload, hint in zip_longest(payloads, type_hints or []):
+            if hint is not RawValue and payload.metadata.get("encoding") == UNRESOLVED_ENCODING:
+                raise ApplicationError(
+                    f"a payload is unavailable: {payload.data.decode(errors='replace')}",
+                    type=ERR_PAYLOAD_UNAVAILABLE,
+                    non_retryable=True,
+                )
+        try:
+            return super().from_payloads(payloads, type_hints)
+        except ApplicationError:
+            raise
+        except Exception as err:
+            cause = err.__cause__ or err
+            raise ApplicationError(
+                f"a payload cannot be decoded: {type(cause).__name__}: {str(cause)[:1000]}",
+                type=ERR_PAYLOAD_UNDECODABLE,
+                non_retryable=True,
+            ) from err
 
 
 # The converters a DataConverter builds in __post_init__, by (payload class, failure class).
@@ -89,11 +124,11 @@ class CairnDataConverter(DataConverter):
         object.__setattr__(self, "failure_converter", built[1])
 
 
-def data_converter(env: Mapping[str, str] | None = None) -> DataConverter:
+def data_converter(env: Mapping[str, str] | None = None, *, offload: bool = True) -> DataConverter:
     """Pydantic payloads, with large ones in Cairn's payload store (client/payload_store.py)."""
     return CairnDataConverter(
         payload_converter_class=PayloadConverter,
         payload_codec=pydantic_data_converter.payload_codec,
         failure_converter_class=pydantic_data_converter.failure_converter_class,
-        external_storage=external_storage(env),
+        external_storage=external_storage(env, offload=offload),
     )

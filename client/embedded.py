@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import EMBEDDED_HOST, cairn_home, embedded_ports
+from common.config import EMBEDDED_HOST, cairn_home, embedded_ports, private_directory
 from common.names import SEARCH_ATTR_OWNER, SEARCH_ATTR_PHASE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +61,25 @@ LATENCY_TUNING = [
     "synchronous=normal",
 ]
 
+# The dev server is a one-person server on loopback, and these are the protections its CLI offers:
+# - its HTTP API, which nothing of Cairn uses (clients, workers and the Web UI speak gRPC), answers no
+#   request at all: every Host header is refused, so no web page can reach it, cross-origin or through
+#   DNS rebinding;
+# - no payload over 512 KiB enters history (Temporal's default is 2 MB): Cairn offloads anything over
+#   16 KiB to its payload store, so only a flood of oversized signals would come near it, and the server
+#   refuses those at the door;
+# - the Web UI does not fetch its news feed from the internet.
+# The Web UI itself answers any Host header; it must stay on loopback (docs/security.md). The
+# multi-user door is `cairn serve`, not this server.
+SECURITY = [
+    "--dynamic-config-value",
+    'frontend.httpAllowedHosts=["http-api-disabled.cairn.invalid"]',
+    "--dynamic-config-value",
+    "limit.blobSize.error=524288",
+    "--dynamic-config-value",
+    "limit.blobSize.warn=262144",
+]
+
 # Cairn's search attributes, so runs can be filtered in the Web UI and with `temporal workflow list
 # --query`. The dev server registers them only when it creates its database; for an older database,
 # `cairn dev` and `cairn research` add them through the operator API (CairnClient.register_search_attributes).
@@ -94,8 +113,10 @@ def dev_server_command(
         "--log-level",
         "warn",
     ]
-    command += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
-    return command + LATENCY_TUNING + (SEARCH_ATTRIBUTES if search_attributes else []) + (extra or [])
+    command += ["--ui-port", str(ui_port), "--ui-disable-news-fetch"] if ui_port else ["--headless"]
+    return (
+        command + LATENCY_TUNING + SECURITY + (SEARCH_ATTRIBUTES if search_attributes else []) + (extra or [])
+    )
 
 
 def port_open(port: int, host: str = EMBEDDED_HOST, timeout: float = 0.5) -> bool:
@@ -197,7 +218,7 @@ class Embedded:
                 f"something else listens on {self.address}; set TEMPORAL_ADDRESS to use it, "
                 "or CAIRN_DEV_PORT to run the embedded server elsewhere"
             )
-        self.home.mkdir(parents=True, exist_ok=True)
+        private_directory(self.home)
         self._spawn("server", dev_server_command(self.home / "temporal.db", self.port, self.ui_port))
         wait_for_port(self.port, 60)
         wait_healthy(self.address, 60)

@@ -5,10 +5,16 @@ them, through the same store and the same passage splitting the tool reads (acti
 checks what a query finds. It needs no Temporal server: the corpus is SQLite in CAIRN_HOME, or the
 PostgreSQL in DATABASE_URL.
 
+Only regular files that look like their suffix's format are read, each up to a cap: 50 MB
+(activities/documents.py MAX_BYTES) unless CAIRN_INGEST_MAX_BYTES gives another number of bytes. A
+FIFO, device, socket, binary file or oversized file is refused by name with the reason, and nothing of
+it reaches the corpus.
+
 Must never: stop at the first bad file (every other file is still ingested, and each failure is
 reported by name), report a file as ingested when it was not, or print DATABASE_URL's password.
-Exit codes: 0 all good, 1 a file failed or the store is unavailable, 2 a path that does not exist or
-cannot be read as a document (bad usage).
+Exit codes: 0 all good, 1 a file failed or was refused or the store is unavailable, 2 a path that does
+not exist or has a suffix we do not read, or a CAIRN_INGEST_MAX_BYTES that is not a positive number
+(bad usage).
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from temporalio.exceptions import ApplicationError
 
+from activities.documents import MAX_BYTES
 from common.research_models import CorpusResults, IngestReport
 
 
@@ -30,8 +39,21 @@ def _verb(report: IngestReport) -> str:
     return "unchanged" if report.unchanged else "replaced" if report.replaced else "ingested"
 
 
-async def ingest_paths(paths: list[Path], *, json_output: bool) -> tuple[list[IngestReport], int]:
-    """Ingest every document under `paths`; returns the reports and the exit code."""
+def max_bytes_from(environ: Mapping[str, str]) -> int:
+    """The per-document cap: CAIRN_INGEST_MAX_BYTES, or MAX_BYTES when it is unset or empty."""
+    raw = environ.get("CAIRN_INGEST_MAX_BYTES", "").strip()
+    if not raw:
+        return MAX_BYTES
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ValueError(f"CAIRN_INGEST_MAX_BYTES must be a positive number of bytes, not {raw[:40]!r}")
+    return int(raw)
+
+
+async def ingest_paths(
+    paths: list[Path], *, json_output: bool, max_bytes: int = MAX_BYTES
+) -> tuple[list[IngestReport], int]:
+    """Ingest every document under `paths`, each at most `max_bytes`; returns the reports and the exit
+    code."""
     from activities.corpus import open_corpus
     from activities.documents import iter_documents, read_document
 
@@ -47,17 +69,18 @@ async def ingest_paths(paths: list[Path], *, json_output: bool) -> tuple[list[In
                 code = 2
                 continue
             for path in found:
-                absolute = str(path.resolve())
                 try:
-                    title, text = await asyncio.to_thread(read_document, path)
+                    title, text = await asyncio.to_thread(read_document, path, max_bytes)
                 except Exception as err:  # A broken file of any kind is that file's failure, not the run's.
-                    report = IngestReport(path=absolute, passages=0, error=f"{type(err).__name__}: {err}")
+                    # Named as given, not resolved: a symlink to /dev/zero is reported as the link.
+                    error = f"{type(err).__name__}: {err}"
+                    report = IngestReport(path=str(path.absolute()), passages=0, error=error)
                 else:
-                    report = await corpus.ingest(absolute, title or path.stem, text)
+                    report = await corpus.ingest(str(path.resolve()), title or path.stem, text)
                 reports.append(report)
                 if not json_output:
                     detail = report.error if report.error is not None else _passages(report.passages)
-                    print(f"{_verb(report):>9}  {absolute} ({detail})", flush=True)
+                    print(f"{_verb(report):>9}  {report.path} ({detail})", flush=True)
     finally:
         await corpus.close()
     if any(r.error is not None for r in reports):
@@ -107,11 +130,17 @@ def _ingest(args: argparse.Namespace) -> int:
         print("cairn ingest: name one or more PATHs to ingest, or --search QUERY alone", file=sys.stderr)
         return 2
     try:
+        max_bytes = max_bytes_from(os.environ)
+    except ValueError as err:
+        print(f"cairn ingest: {err}", file=sys.stderr)
+        return 2
+    try:
         if args.search is not None:
             results = asyncio.run(search(args.search, args.limit))
             print(results.model_dump_json(indent=2) if args.json else _render(results))
             return 0
-        reports, code = asyncio.run(ingest_paths([Path(p) for p in args.paths], json_output=args.json))
+        paths = [Path(p) for p in args.paths]
+        reports, code = asyncio.run(ingest_paths(paths, json_output=args.json, max_bytes=max_bytes))
     except ApplicationError as err:  # The store is unavailable: nothing more can be done in this run.
         print(f"cairn ingest: {err}", file=sys.stderr)
         return 1
@@ -128,7 +157,8 @@ def add_ingest_command(subparsers: argparse._SubParsersAction) -> None:  # type:
         help="index your documents (text, markdown, HTML, PDF) for the researcher's corpus_search",
         description="Index documents into the corpus: SQLite in CAIRN_HOME, or PostgreSQL when "
         "DATABASE_URL is set. Directories are read recursively; re-ingesting a changed file "
-        "replaces its passages.",
+        "replaces its passages. Only regular files are read, each at most 50 MB unless "
+        "CAIRN_INGEST_MAX_BYTES says otherwise.",
     )
     ingest.add_argument("paths", nargs="*", metavar="PATH", help="files or directories to ingest")
     ingest.add_argument(

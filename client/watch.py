@@ -130,7 +130,7 @@ async def watch(cairn: CairnClient, workflow_id: str, console: Console, interval
                 live.update(render(workflow_id, snap), refresh=True)
             else:
                 for line in changes(workflow_id, previous, snap):
-                    console.print(line, highlight=False, soft_wrap=True)
+                    console.print(line, highlight=False, soft_wrap=True, markup=False)
             previous = snap
             if snap.status.phase in FINISHED:
                 return 0

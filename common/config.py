@@ -35,6 +35,21 @@ def cairn_home(env: Mapping[str, str] | None = None) -> Path:
     return Path(env.get("CAIRN_HOME") or Path.home() / ".cairn").expanduser()
 
 
+def private_files() -> None:
+    """Everything this process and its children create is readable by its own user only (directories
+    0700, files 0600): CAIRN_HOME holds the Temporal database, reports, payloads and documents. Called
+    first thing by every Cairn process (the CLI, the worker, the API)."""
+    os.umask(0o077)
+
+
+def private_directory(path: Path) -> Path:
+    """Create `path` for this user alone; an existing one Cairn made before is tightened to 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":

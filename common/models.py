@@ -7,6 +7,8 @@ a client or a connection; those live on the worker.
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -18,6 +20,24 @@ MAX_STEPS = 20
 MAX_STEP_TITLE_CHARS = 300
 MAX_STEP_DESCRIPTION_CHARS = 4000
 MAX_FEEDBACK_CHARS = 8000
+MAX_REASON_CHARS = 1000
+MAX_STEP_ID_CHARS = 20
+# Bounds of what a run may be given: a timer or deadline beyond a year, or budgets beyond these, are
+# mistakes, and unbounded numbers overflow Temporal's durations inside the workflow.
+MAX_WAIT_SECONDS = 366 * 24 * 3600.0
+MAX_TOKEN_BUDGET = 10**12
+MAX_COST_BUDGET_USD = 10**6
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_text(value: str, *, one_line: bool = False) -> str:
+    """Text as a person meant it: control characters dropped (they can hide content or break what it
+    is shown in), surrounding space stripped, and for a one-line field, line breaks made spaces."""
+    value = _CONTROL.sub("", value)
+    if one_line:
+        value = " ".join(value.split())
+    return value.strip()
+
 
 Phase = Literal[
     "planning",
@@ -39,9 +59,10 @@ BudgetPolicy = Literal["pause", "finish"]
 
 class _Strict(BaseModel):
     """For what people write (the run's input, signals, the plan edit): an unknown field is an error,
-    so a typo ("plan_verison") is refused instead of silently ignored."""
+    so a typo ("plan_verison") is refused instead of silently ignored; infinities and NaN are refused
+    too, as numbers nobody means."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class _Payload(BaseModel):
@@ -49,7 +70,7 @@ class _Payload(BaseModel):
     fields are ignored, so an older worker or client can still read what a newer one wrote during a
     rolling upgrade."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -64,20 +85,20 @@ class ResearchInput(_Strict):
     max_plan_iterations: int = Field(default=2, ge=0, le=10)
     max_parallel_steps: int = Field(default=3, ge=1, le=32)
     max_steps: int = Field(default=8, ge=1, le=MAX_STEPS)
-    approval_timeout_seconds: float = Field(default=24 * 3600, gt=0)
+    approval_timeout_seconds: float = Field(default=24 * 3600, gt=0, le=MAX_WAIT_SECONDS)
     on_approval_timeout: TimeoutPolicy = "abort"
     max_plan_attempts: int = Field(default=3, ge=1, le=10)
     # The researcher's budgets per step: tool calls, tokens (all its model calls together) and the
     # working memory its messages must fit in; at a limit it writes its finding from what it has.
     researcher_tool_calls: int = Field(default=8, ge=0, le=100)
-    researcher_tokens: int = Field(default=60_000, ge=1000)
-    researcher_context_tokens: int = Field(default=8000, ge=1000)
+    researcher_tokens: int = Field(default=60_000, ge=1000, le=10_000_000)
+    researcher_context_tokens: int = Field(default=8000, ge=1000, le=1_000_000)
     # The run's budgets, counted in workflow state (exact through crashes). None is no limit. At a
     # limit the run pauses for `raise_budget`, or with on_budget="finish" writes its report from
     # what it has. The reporter's one call is allowed past a limit, so a run always ends in a report.
-    token_budget: int | None = Field(default=None, ge=1)
-    cost_budget_usd: float | None = Field(default=None, gt=0)
-    deadline_seconds: float | None = Field(default=None, gt=0)
+    token_budget: int | None = Field(default=None, ge=1, le=MAX_TOKEN_BUDGET)
+    cost_budget_usd: float | None = Field(default=None, gt=0, le=MAX_COST_BUDGET_USD)
+    deadline_seconds: float | None = Field(default=None, gt=0, le=MAX_WAIT_SECONDS)
     on_budget: BudgetPolicy = "pause"
     # Set by the workflow itself when it continues as new: the state a long run carries forward.
     carried: Carried | None = None
@@ -85,7 +106,7 @@ class ResearchInput(_Strict):
     @field_validator("question")
     @classmethod
     def _question_shape(cls, value: str) -> str:
-        value = value.strip()
+        value = clean_text(value)
         if not value:
             raise ValueError("the question is empty")
         if len(value) > MAX_QUESTION_CHARS:
@@ -96,7 +117,7 @@ class ResearchInput(_Strict):
 class StepSpec(_Strict):
     """A step as a person or the planner writes it. `id` is optional: a new step gets one."""
 
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=MAX_STEP_ID_CHARS)
     title: str
     kind: StepKind = "research"
     description: str = ""
@@ -104,7 +125,7 @@ class StepSpec(_Strict):
     @field_validator("title")
     @classmethod
     def _title_shape(cls, value: str) -> str:
-        value = value.strip()
+        value = clean_text(value, one_line=True)
         if not value:
             raise ValueError("a step title is empty")
         if len(value) > MAX_STEP_TITLE_CHARS:
@@ -116,7 +137,7 @@ class StepSpec(_Strict):
     def _description_shape(cls, value: str) -> str:
         if len(value) > MAX_STEP_DESCRIPTION_CHARS:
             raise ValueError(f"a step description is longer than {MAX_STEP_DESCRIPTION_CHARS} characters")
-        return value.strip()
+        return clean_text(value)
 
 
 class PlanStep(_Payload):
@@ -235,7 +256,7 @@ class RequestChanges(_Strict):
     @field_validator("feedback")
     @classmethod
     def _feedback_shape(cls, value: str) -> str:
-        value = value.strip()
+        value = clean_text(value)
         if not value:
             raise ValueError("the feedback is empty")
         if len(value) > MAX_FEEDBACK_CHARS:
@@ -244,18 +265,23 @@ class RequestChanges(_Strict):
 
 
 class AbortRun(_Strict):
-    reason: str = ""
+    reason: str = Field(default="", max_length=MAX_REASON_CHARS)
+
+    @field_validator("reason")
+    @classmethod
+    def _reason_shape(cls, value: str) -> str:
+        return clean_text(value)
 
 
 class EditPlan(_Strict):
     plan_version: int
-    steps: list[StepSpec]
+    steps: list[StepSpec] = Field(max_length=MAX_STEPS)
 
 
 class SkipStep(_Strict):
     """Signal `skip_step`: a pending step will not run; a running one is cancelled."""
 
-    step_id: str
+    step_id: str = Field(max_length=MAX_STEP_ID_CHARS)
 
 
 class AddStep(StepSpec):
@@ -266,9 +292,9 @@ class RaiseBudget(_Strict):
     """Update `raise_budget`: new limits (absolute, not increments); fields left out stay as they are.
     `deadline_seconds` counts from the run's start."""
 
-    token_budget: int | None = Field(default=None, ge=1)
-    cost_budget_usd: float | None = Field(default=None, gt=0)
-    deadline_seconds: float | None = Field(default=None, gt=0)
+    token_budget: int | None = Field(default=None, ge=1, le=MAX_TOKEN_BUDGET)
+    cost_budget_usd: float | None = Field(default=None, gt=0, le=MAX_COST_BUDGET_USD)
+    deadline_seconds: float | None = Field(default=None, gt=0, le=MAX_WAIT_SECONDS)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -286,6 +312,23 @@ class Carried(_Payload):
     started_at: str  # ISO 8601: the first run's start, for the deadline
     continued: int = 0
     budget: RaiseBudget | None = None  # limits raised during the run
+    # Where the continuation picks up: "review" (between rounds) or "approval" (a plan awaits approval
+    # since `awaiting_since`, ISO 8601, so its approval timeout keeps counting from then).
+    stage: Literal["review", "approval"] = "review"
+    awaiting_since: str | None = None
+
+    @field_validator("started_at", "awaiting_since")
+    @classmethod
+    def _instant(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError as err:
+            raise ValueError(f"{value[:40]!r} is not an ISO 8601 time") from err
+        if moment.tzinfo is None:
+            raise ValueError(f"{value[:40]!r} has no time zone")
+        return value
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -20,9 +20,13 @@ ERR_ENGINE_UNAVAILABLE = "SandboxEngineUnavailable"  # retryable: the engine may
 ERR_IMAGE_MISSING = "SandboxImageMissing"  # non-retryable: someone must run `cairn sandbox build`
 ERR_INVALID_REQUEST = "SandboxInvalidRequest"  # non-retryable: the same request fails the same way
 ERR_INTERNAL = "SandboxInternalError"  # retryable: the sandbox machinery itself misbehaved
+# Non-retryable: the supervisor's report did not fit its schema or limits; a rerun would report the same.
+ERR_REPORT_INVALID = "SandboxReportInvalid"
 
 MAX_INPUT_FILES = 32
 MAX_INPUT_BYTES = 1024 * 1024  # code plus all input files, as UTF-8
+MAX_SKIPPED_LISTED = 20  # skipped artifacts named in a result; the rest are only counted
+SUMMARY_CHARS = 3000  # ExecResult.summary() never returns more
 
 
 class ExecRequest(BaseModel):
@@ -88,7 +92,8 @@ class ExecResult(BaseModel):
     signal: str | None = None  # e.g. "SIGKILL" when the program died of a signal
     duration_ms: int = 0  # program wall-clock time inside the sandbox
     artifacts: list[Artifact] = Field(default_factory=list)
-    artifacts_skipped: list[SkippedArtifact] = Field(default_factory=list)
+    artifacts_skipped: list[SkippedArtifact] = Field(default_factory=list)  # at most MAX_SKIPPED_LISTED
+    artifacts_skipped_unlisted: int = 0  # skipped beyond those listed
     # Human- and model-readable explanation when something went wrong; "" on a clean exit 0.
     error: str = ""
     # Limits in force for this run, so `error` and the model can refer to them.
@@ -102,7 +107,8 @@ class ExecResult(BaseModel):
         return self.exit_code == 0 and not self.timed_out and not self.oom_killed
 
     def summary(self) -> str:
-        """One short paragraph for a model or a person: outcome, limits hit, artifacts."""
+        """One short paragraph for a model or a person: outcome, limits hit, artifacts; at most
+        SUMMARY_CHARS, however many files the program left."""
         parts = [f"exit code {self.exit_code} after {self.duration_ms} ms"]
         if self.error:
             parts.append(self.error)
@@ -110,13 +116,36 @@ class ExecResult(BaseModel):
             parts.append(
                 f"output truncated (stdout {self.stdout_bytes} bytes, stderr {self.stderr_bytes} bytes produced)"
             )
+        budget = SUMMARY_CHARS // 3
         if self.artifacts:
-            names = ", ".join(f"{a.name} ({a.size} bytes)" for a in self.artifacts)
-            parts.append(f"artifacts: {names}")
-        if self.artifacts_skipped:
-            names = ", ".join(f"{a.name} ({a.reason})" for a in self.artifacts_skipped)
-            parts.append(f"artifacts not kept: {names}")
-        return "; ".join(parts)
+            names = [f"{a.name} ({a.size} bytes)" for a in self.artifacts]
+            parts.append("artifacts: " + _listing(names, 0, budget))
+        if self.artifacts_skipped or self.artifacts_skipped_unlisted:
+            names = [f"{a.name} ({a.reason})" for a in self.artifacts_skipped]
+            parts.append("artifacts not kept: " + _listing(names, self.artifacts_skipped_unlisted, budget))
+        return clip("; ".join(parts), SUMMARY_CHARS)
+
+
+def _listing(items: list[str], more: int, budget: int) -> str:
+    """Items joined by commas while they fit in `budget` characters, then how many were left out."""
+    shown: list[str] = []
+    used = 0
+    for item in items:
+        if used + len(item) > budget:
+            break
+        shown.append(item)
+        used += len(item) + 2
+    left = len(items) - len(shown) + more
+    return ", ".join(shown + ([f"{left} more"] if left else []))
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    note = " [cairn: {} more characters left out]"
+    keep = limit - len(note.format(len(text)))
+    return text[:keep] + note.format(len(text) - keep)
 
 
 def explain(result: ExecResult) -> str:

@@ -16,17 +16,20 @@ never blocks a run), or be imported by workflow code (workflows stay free of env
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import temporalio.workflow
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from temporalio.client import Client
-from temporalio.contrib.opentelemetry import TracingInterceptor
+from temporalio.contrib.opentelemetry import TracingInterceptor, TracingWorkflowInboundInterceptor
+from temporalio.worker import WorkflowInterceptorClassInput
 
 from common.config import ConfigError
 from common.version import __version__
@@ -80,6 +83,34 @@ def _exporter(env: Mapping[str, str]) -> SpanExporter:
     raise ConfigError(f"OTEL_TRACES_EXPORTER={kind!r} is not supported: use otlp, console or none")
 
 
+class _RunRootedWorkflowInterceptor(TracingWorkflowInboundInterceptor):
+    """A run started with no trace of its own (the plain `temporal` CLI, a schedule) gets one, so every
+    run is one trace with its steps, activities and LLM calls however it was started. Its trace and
+    parent span ids come from the run's workflow id and first run id: the same on every replay and
+    across continue-as-new, as workflow code must be. The parent itself is never exported, so the
+    run's spans hang from one missing root in the trace."""
+
+    def _load_workflow_context_carrier(self) -> dict[str, Any] | None:
+        carrier: dict[str, Any] | None = super()._load_workflow_context_carrier()
+        if carrier is None:
+            info = temporalio.workflow.info()
+            seed = f"{info.workflow_id}/{info.first_execution_run_id}".encode()
+            digest = hashlib.sha256(seed).hexdigest()
+            carrier = {"traceparent": f"00-{digest[:32]}-{digest[32:48]}-01"}
+            self._workflow_context_carrier = carrier
+        return carrier
+
+
+class RunTracingInterceptor(TracingInterceptor):
+    """The SDK's tracing interceptor, giving runs started without a trace one of their own."""
+
+    def workflow_interceptor_class(
+        self, input: WorkflowInterceptorClassInput
+    ) -> type[TracingWorkflowInboundInterceptor]:
+        super().workflow_interceptor_class(input)  # registers the SDK's extern functions
+        return _RunRootedWorkflowInterceptor
+
+
 @dataclass
 class Tracing:
     """A tracer provider with batch export, and the Temporal interceptor that uses it."""
@@ -88,7 +119,7 @@ class Tracing:
     interceptor: TracingInterceptor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.interceptor = TracingInterceptor(self.provider.get_tracer(TRACER_NAME, __version__))
+        self.interceptor = RunTracingInterceptor(self.provider.get_tracer(TRACER_NAME, __version__))
 
     def flush(self, timeout_seconds: float = 10) -> None:
         self.provider.force_flush(int(timeout_seconds * 1000))

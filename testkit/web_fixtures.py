@@ -8,6 +8,7 @@ loopback that answers for it with a certificate from a throwaway CA (made with t
 is pointed at it through its own proxy and CA-bundle settings, and its real parsing code runs.
 
 `start_https()` serves the same routes over HTTPS as `localhost`, with a certificate from such a CA too.
+`script()` serves a test's own answer byte for byte (a hand-made Content-Encoding, a hostile charset).
 
 The real client code (httpx, tavily-python, ddgs) talks to these exactly as it would to the real
 services. Everything listens on loopback only and never reaches the network. Run it standalone (for a
@@ -76,6 +77,7 @@ class WebFixtures:
     retry_after: int = 7  # seconds, on the scripted 429 and 503 routes
     tavily_key: str = TAVILY_KEY  # the one key the fake Tavily accepts
     requests: list[Seen] = field(default_factory=list)
+    scripted: dict[str, Answer] = field(default_factory=dict)  # by path, from script()
     https_url: str = ""  # after start_https(): the same routes over HTTPS
     _http: LoopbackServer = field(default_factory=LoopbackServer)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -116,6 +118,14 @@ class WebFixtures:
         if (PAGES / f"{name}.html").is_file():
             return f"{self.url}/pages/{name}.html"
         return f"{self.url}/{name}"
+
+    def script(self, body: bytes, headers: dict[str, str], status: int = 200) -> str:
+        """A URL that answers exactly `status`, `headers` and `body`, sent as they are (nothing is
+        encoded or labelled for the test), with a Content-Length."""
+        with self._lock:
+            path = f"/scripted/{len(self.scripted)}"
+            self.scripted[path] = (status, headers, body)
+        return self.url + path
 
     def large_page_urls(self, count: int) -> list[str]:
         """`count` distinct long articles (over 100 KB of article text each), built from the committed
@@ -269,6 +279,8 @@ def _handler_for(fixtures: WebFixtures) -> type[BaseHTTPRequestHandler]:
                 )
             if parts.path.startswith("/searxng/") and parts.path.endswith("/search"):
                 return self._send(*_searxng(parts.path.split("/")[2], query, fixtures))
+            if parts.path in fixtures.scripted:
+                return self._send(*fixtures.scripted[parts.path])
             self._send(*_page(fixtures, parts.path, query))
 
         def do_POST(self) -> None:

@@ -55,6 +55,23 @@ async def _scenarios(cairn: CairnClient, llm: ScriptedLLM) -> dict[str, str]:
     await cairn.result(wid)
     ids["research_abort"] = wid
 
+    # An abort since it cancels running steps (workflow.patched("abort-cancels-steps")): the running
+    # step's child is cancelled, its model call told, and the pending one never starts.
+    before = llm.calls("researcher")
+    llm.answer_next("slow", role="researcher", delay=20)
+    wid = await cairn.start(
+        "Recorded abort of a running step [steps=2]",
+        auto_approve=True,
+        max_parallel_steps=1,
+        workflow_id="research_abort_cancels",
+    )
+    while llm.calls("researcher") <= before:
+        await asyncio.sleep(0.1)
+    await cairn.abort(wid, "recorded abort")
+    await cairn.result(wid)
+    ids["research_abort_cancels"] = wid
+    ids["researcher_cancelled"] = f"{wid}/s1"
+
     wid = await cairn.start(
         "Recorded timeout [steps=1]",
         approval_timeout_seconds=1,

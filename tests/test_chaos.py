@@ -33,10 +33,10 @@ from testkit.chaos_faults import FAULT_KINDS
 from testkit.research_site import ResearchSite
 
 # With this seed, the three standard runs of three steps meet every kind of fault (worked out with
-# testkit.chaos_faults.choose_fault over the 52 requests of a clean run): 10 faults, among them 429s,
+# testkit.chaos_faults.choose_fault over the 52 requests of a clean run): 12 faults, among them 429s,
 # 500s, timeouts and malformed JSON, at the planner, reviewer, researcher, finding writer, coder and
-# reporter.
-SEED = 21
+# reporter. A change to a prompt changes the requests, and so which seed does this.
+SEED = 3
 CHAOS = Chaos(worker_kills=3, server_kill=True, fault_rate=0.2, seed=SEED)
 
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import random
+import shutil
 import sqlite3
+import time
 import uuid
+import zipfile
 from collections.abc import AsyncIterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -20,7 +25,15 @@ from pypdf import PdfReader
 from temporalio.exceptions import ApplicationError
 
 from activities.corpus import Corpus, PostgresCorpus, SQLiteCorpus, open_corpus
-from activities.documents import MAX_CHARS, MIN_CHARS, iter_documents, read_document, split_passages
+from activities.documents import (
+    MAX_BYTES,
+    MAX_CHARS,
+    MIN_CHARS,
+    NotADocument,
+    iter_documents,
+    read_document,
+    split_passages,
+)
 from common.research_models import CorpusResults
 from testkit.dev_server import free_port
 from tests.conftest import CAIRN, cli_env
@@ -419,3 +432,99 @@ async def test_cairn_ingest_names_an_unreachable_database_without_its_password(t
         and "PostgreSQL corpus at cairn@127.0.0.1" in err
     )
     assert "hunter2" not in out + err
+
+
+# --- What is not a document --------------------------------------------------------------------------
+
+
+def not_documents(folder: Path) -> dict[str, Path]:
+    """Files a red team named as documents: none of them is one, whatever its suffix says."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "fifo": folder / "pipe.md",
+        "device": folder / "zero.txt",
+        "sparse": folder / "sparse.txt",
+        "random": folder / "random.md",
+        "elf": folder / "true.txt",
+        "zip": folder / "notes.html",
+        "fake_pdf": folder / "fake.pdf",
+        "controls": folder / "controls.txt",
+        "latin1": folder / "latin1.md",
+    }
+    os.mkfifo(files["fifo"])
+    files["device"].symlink_to("/dev/zero")
+    with files["sparse"].open("wb") as sparse:
+        sparse.truncate(MAX_BYTES + 1)  # Past the cap, and not a byte of it on disk.
+    files["random"].write_bytes(random.Random(7).randbytes(64 * 1024))
+    shutil.copyfile("/bin/true", files["elf"])
+    with zipfile.ZipFile(files["zip"], "w") as archive:
+        archive.writestr("index.html", "<html><body><p>Inside a zip.</p></body></html>")
+    files["fake_pdf"].write_text("Just text wearing a .pdf suffix.", encoding="utf-8")
+    files["controls"].write_bytes(bytes(range(1, 32)) * 200 + b"some words")
+    files["latin1"].write_bytes("Caf\xe9 cr\xe8me, na\xefve.".encode("latin-1"))
+    return files
+
+
+def test_read_document_refuses_what_is_not_a_document(tmp_path: Path) -> None:
+    files = not_documents(tmp_path)
+    reasons = {
+        "fifo": "FIFO",
+        "device": "character device",
+        "sparse": "too large",
+        "random": "binary data",
+        "elf": "ELF executable",
+        "zip": "ZIP archive",
+        "fake_pdf": "does not start with %PDF",
+        "controls": "control characters",
+        "latin1": "not UTF-8 text",
+    }
+    for name, reason in reasons.items():
+        started = time.monotonic()
+        with pytest.raises(NotADocument, match=reason):
+            read_document(files[name])
+        assert time.monotonic() - started < 2, name
+    (tmp_path / "small.txt").write_text("x" * 101)
+    assert read_document(tmp_path / "small.txt", max_bytes=101)[1] == "x" * 101
+    with pytest.raises(NotADocument, match="over the cap of 100 bytes"):
+        read_document(tmp_path / "small.txt", max_bytes=100)
+    # HTML may declare a legacy charset: its bytes need not be UTF-8 to be text.
+    (tmp_path / "legacy.html").write_bytes(
+        b'<html><head><meta charset="latin-1"><title>Caf\xe9</title></head><body><p>Cr\xe8me.</p></body></html>'
+    )
+    assert read_document(tmp_path / "legacy.html")[0] == "Café"
+
+
+async def test_cairn_ingest_refuses_each_non_document_and_ingests_the_rest(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    files = not_documents(folder)
+    good = folder / "good.md"
+    good.write_text("# Good\n\nA zebrafinchword lives here.", encoding="utf-8")
+    env = {k: v for k, v in cli_env(CAIRN_HOME=str(tmp_path / "home")).items() if k != "DATABASE_URL"}
+    # Named one by one (the FIFO too, which must never be opened), and the folder as a whole.
+    named = [str(p) for p in files.values()]
+    code, out, err = await run(CAIRN, "ingest", *named, str(good), env=env, check=False, seconds=60)
+    assert code == 1, err
+    for path in files.values():
+        line = next(line for line in out.splitlines() if str(path) in line)
+        assert line.lstrip().startswith("failed") and "NotADocument: " in line, line
+    assert f"ingested  {good}" in out and "1 ingested" in out and f"{len(files)} failed" in out
+
+    code, out, err = await run(CAIRN, "ingest", str(folder), "--json", env=env, check=False, seconds=60)
+    assert code == 1, err
+    reports = {Path(r["path"]).name: r for r in json.loads(out)}
+    assert reports["good.md"]["unchanged"] and reports["good.md"]["error"] is None
+    assert {name for name, r in reports.items() if r["error"]} == {p.name for p in files.values()}
+
+    with closing(sqlite3.connect(tmp_path / "home" / "corpus.sqlite3")) as conn:
+        stored = [row[0] for row in conn.execute("SELECT path FROM documents")]
+    assert stored == [str(good)]  # Nothing of any refused file reached the corpus.
+    _, out, _ = await run(CAIRN, "ingest", "--search", "zebrafinchword", "--json", env=env)
+    assert [p["path"] for p in json.loads(out)["passages"]] == [str(good)]
+
+    small = dict(env, CAIRN_INGEST_MAX_BYTES="10")
+    code, out, _ = await run(CAIRN, "ingest", str(good), env=small, check=False)
+    assert code == 1 and "over the cap of 10 bytes" in out
+    code, _, err = await run(
+        CAIRN, "ingest", str(good), env=dict(env, CAIRN_INGEST_MAX_BYTES="lots"), check=False
+    )
+    assert code == 2 and "CAIRN_INGEST_MAX_BYTES must be a positive number" in err

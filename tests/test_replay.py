@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio import workflow
@@ -16,7 +17,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from client import replay
-from common.models import ResearchInput, ResearchResult
+from common.models import ResearchResult
 from common.names import CODER_WORKFLOW, RESEARCH_WORKFLOW, RESEARCHER_WORKFLOW, STEP_WORKFLOW
 from workflows.research import ResearchWorkflow
 from workflows.step import StepWorkflow
@@ -54,9 +55,9 @@ class _ChangedResearch(ResearchWorkflow):
     """An unguarded change: a timer that recorded runs never had."""
 
     @workflow.run
-    async def run(self, request: ResearchInput) -> ResearchResult:
+    async def run(self, *inputs: Any) -> ResearchResult:
         await workflow.sleep(1)
-        return await super().run(request)
+        return await super().run(*inputs)
 
 
 async def test_an_unguarded_change_is_caught() -> None:

@@ -1,9 +1,11 @@
 """The `sandbox.exec` activity through temporalio's ActivityEnvironment (heartbeats, cancellation,
-infrastructure errors), the reaper, and `cairn sandbox exec --json` as a subprocess."""
+infrastructure errors), the reaper, `cairn sandbox exec --json` as a subprocess, and the host's parsing
+of the supervisor's report and its artifact names as hostile input."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -16,16 +18,20 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
 
 from activities.sandbox import SandboxActivities
+from activities.sandbox_config import SandboxConfig
 from activities.sandbox_engine import (
     LABEL,
     LABEL_ACTIVITY,
     LABEL_OWNER,
     LABEL_WORKFLOW,
+    ReportArtifact,
     SandboxEngine,
     owner_identity,
+    parse_report,
 )
+from activities.sandbox_runner import store_artifacts
 from common.names import SANDBOX_EXEC
-from common.sandbox_models import ERR_IMAGE_MISSING, ExecRequest, ExecResult
+from common.sandbox_models import ERR_IMAGE_MISSING, ERR_REPORT_INVALID, ExecRequest, ExecResult
 from tests.sandbox_support import REPO, containers_of, sandbox_test_config
 
 
@@ -150,3 +156,131 @@ def test_cli_exec_json(sandbox_image: str, docker_client: docker.DockerClient, t
         if c["Labels"].get(LABEL_OWNER, "").split("|")[1:2] == [str(proc.pid)]
     ]
     assert owned == []
+
+
+# -- the supervisor's report is hostile input ------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _report(**changes: object) -> bytes:
+    report: dict[str, object] = {
+        "cairn_report": 1,
+        "exit_code": 0,
+        "timed_out": False,
+        "duration_ms": 5,
+        "stdout": {"head": _b64(b"hi\n"), "tail": "", "total": 3},
+        "stderr": {"head": "", "tail": "", "total": 0},
+        "oom_kills": 0,
+        "pids_max_events": None,
+        "artifacts": [{"name": "a.txt", "size": 3, "data": _b64(b"abc")}],
+        "artifacts_skipped": [],
+        "artifacts_skipped_unlisted": 0,
+    }
+    report.update(changes)
+    return json.dumps(report).encode()
+
+
+_CFG = SandboxConfig()
+_ART = {"name": "a.txt", "size": 3, "data": _b64(b"abc")}
+_MALFORMED = {
+    "only the marker": (b'{"cairn_report":1}', "exit_code: Field required"),
+    "not JSON": (b"forged report", "Invalid JSON"),
+    "not UTF-8": (b'{"cairn_report":1,"exit_code":\xff}', "Invalid JSON"),
+    "not an object": (b"[1]", "report: Input should be an object"),
+    "another version": (_report(cairn_report=2), "cairn_report: Input should be 1"),
+    "exit code as text": (_report(exit_code="0"), "exit_code: Input should be a valid integer"),
+    "exit code out of range": (
+        _report(exit_code=100_000),
+        "exit_code: Input should be less than or equal to 255",
+    ),
+    "flag as number": (_report(timed_out=1), "timed_out: Input should be a valid boolean"),
+    "huge number": (_report(duration_ms=10**40), "duration_ms: Input should be less than"),
+    "unknown field": (_report(evil=True), "evil: Extra inputs are not permitted"),
+    "stream not base64": (
+        _report(stdout={"head": "@@@@", "tail": "", "total": 4}),
+        "stdout.head: Value error, not base64",
+    ),
+    "stream over the cap": (
+        _report(stdout={"head": _b64(b"x" * (_CFG.output_cap_bytes + 1)), "tail": "", "total": 10**6}),
+        "stdout keeps",
+    ),
+    "stream total below what it keeps": (
+        _report(stdout={"head": _b64(b"abc"), "tail": "", "total": 1}),
+        "stdout keeps 3 bytes of 1",
+    ),
+    "negative size": (
+        _report(artifacts=[{**_ART, "size": -1}]),
+        "artifacts.0.size: Input should be greater than or equal to 0",
+    ),
+    "size that lies": (_report(artifacts=[{**_ART, "size": 2}]), "artifact size 2 with 3 bytes"),
+    "artifact data not base64": (_report(artifacts=[{**_ART, "data": 7}]), "must be a base64 string"),
+    "huge name": (_report(artifacts=[{**_ART, "name": "n" * 100_000}]), "at most 512 characters"),
+    "empty name": (_report(artifacts=[{**_ART, "name": ""}]), "at least 1 character"),
+    "too many artifacts": (_report(artifacts=[_ART] * 21), "21 artifacts (limit 20)"),
+    "huge reason": (
+        _report(artifacts_skipped=[{"name": "x", "size": 0, "reason": "r" * 1_000_000}]),
+        "artifacts_skipped.0.reason: String should have at most 200 characters",
+    ),
+    "too many skipped listed": (
+        _report(artifacts_skipped=[{"name": "x", "size": 0, "reason": "r"}] * 21),
+        "artifacts_skipped: List should have at most 20 items",
+    ),
+    "negative unlisted count": (
+        _report(artifacts_skipped_unlisted=-5),
+        "artifacts_skipped_unlisted: Input should be greater than or equal to 0",
+    ),
+}
+
+
+def test_a_valid_report_parses() -> None:
+    rep = parse_report(_report(), _CFG)
+    assert rep.stdout.head == b"hi\n" and rep.artifacts[0].data == b"abc"
+
+
+@pytest.mark.parametrize("case", sorted(_MALFORMED))
+def test_a_malformed_report_is_a_typed_non_retryable_error(case: str) -> None:
+    line, problem = _MALFORMED[case]
+    with pytest.raises(ApplicationError) as info:
+        parse_report(line, _CFG)
+    assert info.value.type == ERR_REPORT_INVALID and info.value.non_retryable
+    message = info.value.message
+    assert message.startswith("sandbox report invalid") and problem in message, message
+    assert len(message) <= 1000
+
+
+# -- artifact names from a report are hostile input ------------------------------------------------
+
+
+def test_forged_artifact_names_are_stored_apart_and_inside(tmp_path: Path) -> None:
+    directory = tmp_path / "out"
+    (directory / "was_a_dir").mkdir(parents=True)  # left by an earlier attempt of the same step
+    (directory / "link").symlink_to(tmp_path / "outside", target_is_directory=True)
+    names = [
+        "a", "a/b", "a/b/c", "x\x01.txt", "x\x02.txt", "a", "was_a_dir", "link", "link/x.txt",
+        "../up.txt", "/etc/passwd", "d/../../e", ".", "./ok.txt", "s\\..\\t", "/".join(["deep"] * 30),
+        "é" * 300,
+    ]  # fmt: skip
+    items = [
+        ReportArtifact.model_validate({"name": n, "size": i + 1, "data": _b64(bytes(i + 1))})
+        for i, n in enumerate(names)
+    ]
+    stored, refused = store_artifacts(items, directory)
+    assert sorted(s.name for s in refused) == ["../up.txt", "_", "d/../../e", "etc/passwd"]
+    assert {s.reason for s in refused} == {"name outside out/"}
+    assert len(stored) == len(names) - len(refused)
+    root = directory.resolve()
+    assert len({a.path for a in stored}) == len(stored)  # nothing overwritten by a later name
+    for art in stored:
+        path = Path(art.path)
+        assert path.is_relative_to(root) and path.read_bytes() == bytes(art.size), art
+    assert not (tmp_path / "outside").exists()
+    assert [a.name for a in stored][:5] == ["a", "a/b", "a/b/c", "x_.txt", "x_.txt"]
+    assert Path(stored[0].path) == root / "a" and Path(stored[3].path) == root / "x_.txt"
+    assert "ok.txt" in [a.name for a in stored] and "s_.._t" in [a.name for a in stored]
+    deep = next(a.name for a in stored if a.name.startswith("deep/"))
+    assert deep == "/".join(["deep"] * 6 + ["~", "deep"])
+    long_name = next(a.name for a in stored if a.name.startswith("é"))
+    assert long_name == "é" * 49 + "~"  # 99 bytes of two-byte characters, cut at a character

@@ -14,11 +14,13 @@ import shutil
 from pathlib import Path
 
 import docker
+import pytest
 
 from activities.sandbox_engine import SANDBOX_ENV
-from activities.sandbox_runner import SandboxRunner
-from common.sandbox_models import ExecRequest, ExecResult
+from activities.sandbox_runner import NAME_DEPTH, NAME_PART_BYTES, SandboxRunner
+from common.sandbox_models import MAX_SKIPPED_LISTED, SUMMARY_CHARS, ExecRequest, ExecResult
 from tests.sandbox_support import REPO, assert_only_pool_left
+from workflows.coder import DESCRIBE_CHARS, describe
 
 MIB = 1024 * 1024
 
@@ -348,4 +350,195 @@ async def test_concurrent_runs_are_isolated(
         # Each run sees only its own /tmp (plus the matplotlib config dir the bootstrap made).
         assert res.stdout == f"['matplotlib', 'mine'] {i}\n", res
     assert sum(r.warm for r in results) >= 1
+    await assert_only_pool_left(sandbox_runner, docker_client)
+
+
+# -- the supervisor is out of the program's reach ---------------------------------------------------
+
+# Each program tries one way into PID 1 (the supervisor that writes the report), prints what happened,
+# and exits 3: if any attempt worked, the reported outcome would differ from the true one.
+_LIBC = """
+import ctypes, errno, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def err():
+    return errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+"""
+_FORGED = json.dumps(
+    {"cairn_report": 1, "exit_code": 0, "timed_out": False, "duration_ms": 1, "stdout": {}, "stderr": {}}
+)
+_SUPERVISOR_ATTACKS = {
+    "ptrace": _LIBC
+    + """
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+for name, request in (("attach", 16), ("seize", 0x4206)):
+    print(name, "ok" if libc.ptrace(request, 1, None, None) == 0 else err())
+""",
+    "proc_fd_and_mem": _LIBC
+    + f"""
+for path, mode in (("/proc/1/fd/1", "w"), ("/proc/1/fd/2", "w"), ("/proc/1/mem", "r+b")):
+    try:
+        with open(path, mode) as f:
+            f.write({_FORGED!r} + "\\n" if "b" not in mode else b"x")
+        print(path, "ok")
+    except OSError as e:
+        print(path, errno.errorcode[e.errno])
+""",
+    "process_vm_and_stdin": _LIBC
+    + """
+class IOVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+buf = ctypes.create_string_buffer(8)
+local, remote = IOVec(ctypes.addressof(buf), 8), IOVec(ctypes.addressof(buf), 8)
+for fn in ("process_vm_writev", "process_vm_readv"):
+    n = getattr(libc, fn)(1, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    print(fn, "ok" if n >= 0 else err())
+n = libc.syscall(438, os.pidfd_open(1), 1, 0)  # pidfd_getfd: a copy of PID 1's stdout
+print("pidfd_getfd", "ok" if n >= 0 else err())
+for path in ("/proc/1/fd/0", "/proc/1/environ", "/proc/1/fd", "/proc/1/cwd"):
+    try:
+        (os.listdir if path.endswith(("fd", "cwd")) else open)(path)
+        print(path, "ok")
+    except OSError as e:
+        print(path, errno.errorcode[e.errno])
+""",
+}
+
+
+@pytest.mark.parametrize("attack", sorted(_SUPERVISOR_ATTACKS))
+async def test_program_cannot_reach_its_supervisor(
+    attack: str, sandbox_runner: SandboxRunner, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    code = _SUPERVISOR_ATTACKS[attack] + "open('out/true.txt', 'w').write('mine')\nsys.exit(3)\n"
+    res = await run(sandbox_runner, tmp_path, code)
+    assert res.exit_code == 3 and res.error == "program exited with code 3", res
+    attempts = dict(line.rsplit(" ", 1) for line in res.stdout.splitlines())
+    assert attempts and all(outcome in ("EPERM", "EACCES") for outcome in attempts.values()), attempts
+    assert [a.name for a in res.artifacts] == ["true.txt"]
+    await assert_only_pool_left(sandbox_runner, docker_client)
+
+
+async def test_no_signal_reaches_the_supervisor(
+    sandbox_runner: SandboxRunner, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """The kernel drops signals to PID 1 that it has no handler for; it must have none to drop."""
+    code = """
+import os, signal, sys, time
+for sig in range(1, signal.SIGRTMAX + 1):
+    os.kill(1, sig)
+time.sleep(0.5)
+print("sent every signal")
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(1)
+except KeyboardInterrupt:
+    print("my own SIGINT is still a KeyboardInterrupt")
+sys.exit(3)
+"""
+    res = await run(sandbox_runner, tmp_path, code)
+    assert res.exit_code == 3, res
+    assert res.stdout == "sent every signal\nmy own SIGINT is still a KeyboardInterrupt\n"
+    assert res.error == "program exited with code 3"
+    await assert_only_pool_left(sandbox_runner, docker_client)
+
+
+async def test_program_inherits_nothing_of_its_supervisor(
+    sandbox_runner: SandboxRunner, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """Only stdin (/dev/null) and the two output pipes; its own /proc entries stay usable."""
+    code = """
+import json, os
+fds = {}
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        fds[fd] = os.readlink(f"/proc/self/fd/{fd}").split(":")[0]
+    except FileNotFoundError:
+        pass  # the directory listdir itself had open
+print(json.dumps({
+    "fds": fds,
+    "oom_score_adj": open("/proc/self/oom_score_adj").read().strip(),
+    "status_readable": "Uid:" in open("/proc/self/status").read(),
+}))
+"""
+    res = await run(sandbox_runner, tmp_path, code)
+    assert res.exit_code == 0, res
+    seen = json.loads(res.stdout)
+    assert seen == {
+        "fds": {"0": "/dev/null", "1": "pipe", "2": "pipe"},
+        "oom_score_adj": "1000",
+        "status_readable": True,
+    }
+    await assert_only_pool_left(sandbox_runner, docker_client)
+
+
+# -- what the program leaves in out/ is bounded on the way to the model ------------------------------
+
+
+def _assert_bounded(res: ExecResult, directory: Path) -> None:
+    """Every name is printable and bounded, every stored file inside `directory`, and what the coder
+    shows the model is under its cap."""
+    for name in [a.name for a in res.artifacts] + [s.name for s in res.artifacts_skipped]:
+        parts = name.split("/")
+        assert name.isprintable() and len(parts) <= NAME_DEPTH, name
+        assert all(len(p.encode()) <= NAME_PART_BYTES for p in parts), name
+    root = directory.resolve()
+    for art in res.artifacts:
+        assert Path(art.path).is_relative_to(root) and Path(art.path).is_file()
+    assert len({a.path for a in res.artifacts}) == len(res.artifacts)
+    assert len(res.artifacts_skipped) <= MAX_SKIPPED_LISTED
+    assert len(res.summary()) <= SUMMARY_CHARS
+    assert len(describe(res)) <= DESCRIBE_CHARS
+
+
+async def test_ten_thousand_files_in_out_are_counted_not_listed(
+    sandbox_runner: SandboxRunner, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    code = """
+for i in range(10_000):
+    open(f"out/f{i:05d}.txt", "w").write(str(i))
+print("wrote 10000")
+"""
+    res = await run(sandbox_runner, tmp_path, code, timeout_seconds=60)
+    assert res.exit_code == 0 and res.stdout == "wrote 10000\n", res
+    kept = sandbox_runner.config.max_artifacts
+    assert [a.name for a in res.artifacts] == [f"f{i:05d}.txt" for i in range(kept)]
+    assert [Path(a.path).read_text() for a in res.artifacts] == [str(i) for i in range(kept)]
+    assert len(res.artifacts_skipped) == MAX_SKIPPED_LISTED
+    assert len(res.artifacts_skipped) + res.artifacts_skipped_unlisted == 10_000 - kept
+    assert res.artifacts_skipped[0].reason == f"too many artifacts (limit {kept})"
+    assert f"{10_000 - kept - MAX_SKIPPED_LISTED} more" in res.summary()
+    _assert_bounded(res, tmp_path / "out")
+    await assert_only_pool_left(sandbox_runner, docker_client)
+
+
+async def test_long_and_hostile_artifact_names_are_stored_sanitised(
+    sandbox_runner: SandboxRunner, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """A 4,000-character path, control and bidi characters, bytes that are not UTF-8, file-system
+    specials: the run keeps its result, every file is stored inside its directory under a clean name."""
+    code = """
+import os
+deep = "out/" + "/".join(["d" * 200] * 19) + "/" + "n" * 180 + ".csv"
+os.makedirs(os.path.dirname(deep))
+open(deep, "w").write("deep")
+for name in ["tab\\tnew\\nline.txt", "\\x1b[31mred.txt", "evil\\u202etxt.exe", "c:*?<>|`.txt"]:
+    open("out/" + name, "w").write(name)
+open(b"out/\\xff\\xfe.bin", "wb").write(b"bytes")
+print(len(deep))
+raise SystemExit(3)
+"""
+    res = await run(sandbox_runner, tmp_path, code)
+    assert res.exit_code == 3 and int(res.stdout) > 4000, res
+    by_name = {a.name: Path(a.path).read_bytes() for a in res.artifacts}
+    (deep,) = [name for name in by_name if name.startswith("d")]
+    # Cut in the middle, each component capped, the extension kept.
+    assert deep.startswith("d" * 99 + "~/") and deep.endswith("/" + "n" * 95 + "~.csv")
+    assert by_name == {
+        "\ufffd\ufffd.bin": b"bytes",
+        "_[31mred.txt": b"\x1b[31mred.txt",
+        "c_______.txt": b"c:*?<>|`.txt",
+        "evil_txt.exe": "evil\u202etxt.exe".encode(),
+        "tab_new_line.txt": b"tab\tnew\nline.txt",
+        deep: b"deep",
+    }, sorted(by_name)
+    _assert_bounded(res, tmp_path / "out")
     await assert_only_pool_left(sandbox_runner, docker_client)

@@ -201,3 +201,54 @@ async def test_env_configured_worker_and_cli_share_one_trace(
     assert Counter(s.name for s in trace)["chat gpt-4o-mini"] == 5
     assert_nothing_secret(receiver.received())
     assert os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") is None  # The test process traced nothing.
+
+
+async def test_a_run_started_with_the_temporal_cli_is_one_trace(
+    dev_server: DevServer, llm: ScriptedLLM, task_queue: str, tmp_path: Path, receiver: OTLPReceiver
+) -> None:
+    """No client span to hang from: the run's own RunWorkflow span opens the trace, and its children,
+    activities and LLM calls all join it."""
+    from client.embedded import temporal_binary
+
+    tracing = tracing_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
+    assert tracing is not None
+    client = await connect(
+        TemporalConfig.from_env({"TEMPORAL_ADDRESS": dev_server.address}), interceptors=[tracing.interceptor]
+    )
+    config = LLMConfig(api_key=SENTINEL_KEY, base_url=llm.base_url, request_timeout_seconds=10)
+    wid = f"cli-traced-{task_queue}"
+    async with build_worker(client, task_queue, config, home=tmp_path):
+        await run(
+            temporal_binary(),
+            "workflow",
+            "start",
+            "--address",
+            dev_server.address,
+            "--type",
+            "ResearchWorkflow",
+            "--task-queue",
+            task_queue,
+            "--workflow-id",
+            wid,
+            "--input",
+            json.dumps(
+                {"question": "Started by hand [steps=2]", "auto_approve": True, "max_plan_iterations": 0}
+            ),
+        )
+        await CairnClient(client, task_queue).result(wid)
+    tracing.shutdown()
+    spans = receiver.received()
+    runs = [
+        s
+        for s in spans
+        if s.name == "RunWorkflow:ResearchWorkflow" and s.attributes.get("temporalWorkflowID") == wid
+    ]
+    assert len(runs) == 1
+    # Every span the run made is in that run's one trace, hanging from the run's (unexported) root.
+    assert {s.trace_id for s in spans} == {runs[0].trace_id}
+    ids = {s.span_id for s in spans}
+    assert {s.parent_span_id for s in spans if s.parent_span_id not in ids} == {runs[0].parent_span_id}
+    names = Counter(s.name for s in spans)
+    assert names["RunWorkflow:ResearcherWorkflow"] == 2
+    assert names["chat gpt-4o-mini"] == llm.calls() == 8
+    assert names["RunActivity:report.save"] == 1

@@ -4,12 +4,20 @@ DuckDuckGo page behind a loopback HTTPS proxy. Nothing here reaches the network.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bz2
+import functools
+import gzip
 import ipaddress
 import socket
 import time
-from collections.abc import Iterator
+import tracemalloc
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
+from urllib.parse import quote
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -21,6 +29,7 @@ from activities.fetch import PageFetcher, address_problem
 from activities.telemetry import ERROR_TYPE, Telemetry
 from activities.web_search import WebSearch, normalize_hits
 from common.config import ConfigError
+from common.research_models import FetchedPage
 from common.version import __version__
 from common.web_config import FetchConfig, SearchConfig, parse_allow_hosts
 from testkit.web_fixtures import LONG_ARTICLES, PAGES, TAVILY_KEY, DuckDuckGoRecording, WebFixtures, load_json
@@ -162,6 +171,7 @@ async def test_only_http_and_https_are_fetched(url: str) -> None:
         ("0.0.0.0", "unspecified"),
         ("::1", "loopback"),
         ("fe80::1", "link-local"),
+        ("fec0::1", "site-local"),
         ("::ffff:127.0.0.1", "loopback"),  # IPv4-mapped
         ("2002:a00:1::", "private"),  # 6to4 of 10.0.0.1
         ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 of 169.254.169.254
@@ -255,6 +265,224 @@ async def test_a_page_trafilatura_cannot_read_falls_back_to_its_visible_text(web
 async def test_a_page_without_text_is_an_error_not_an_empty_page(web: WebFixtures) -> None:
     err = await failure(PageFetcher(OPEN).fetch(web.url_for("empty")))
     assert err.type == "FetchEmpty" and err.non_retryable
+
+
+# -- fetch_url against hostile servers ------------------------------------------------------------
+
+MiB = 1024 * 1024
+CAPPED = FetchConfig(allow_private=True, max_bytes=MiB)
+# A fetch capped at 1 MiB may hold a few times that (the body, its text, the page); a bomb that
+# unfolded in memory would hold hundreds.
+MEMORY_BOUND = 16 * MiB
+
+
+@functools.cache
+def squeezed(size: int, wbits: int) -> bytes:
+    """`size` bytes of the letter A, gzip-compressed (wbits 31) or zlib-wrapped deflate (wbits 15), at
+    about 1000:1; built a MiB at a time, so the test itself never holds the unfolded body."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    block = b"A" * MiB
+    return b"".join(packer.compress(block) for _ in range(size // MiB)) + packer.flush()
+
+
+async def fetch_measured(fetcher: PageFetcher, url: str) -> tuple[FetchedPage | ApplicationError, int]:
+    """The page or the failure, with the peak of memory allocated (in any thread) during the fetch."""
+    tracemalloc.start()
+    try:
+        try:
+            outcome: FetchedPage | ApplicationError = await fetcher.fetch(url)
+        except ApplicationError as err:
+            outcome = err
+        return outcome, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    ("coding", "body"),
+    [
+        ("gzip, gzip", lambda: gzip.compress(squeezed(256 * MiB, 31))),  # a few hundred bytes
+        ("deflate", lambda: squeezed(256 * MiB, 15)),
+        ("x-gzip", lambda: squeezed(256 * MiB, 31)),
+        ("gzip", lambda: squeezed(48 * MiB, 31)),  # under 64 KB: one read unfolds 48 times the cap
+    ],
+)
+async def test_a_compression_bomb_is_cut_at_the_cap_in_decoded_bytes(
+    web: WebFixtures, coding: str, body: Callable[[], bytes]
+) -> None:
+    url = web.script(body(), {"Content-Type": "text/plain", "Content-Encoding": coding})
+    page, peak = await fetch_measured(PageFetcher(CAPPED), url)
+    assert isinstance(page, FetchedPage), page
+    assert page.truncated and page.size_bytes == MiB and page.text.startswith("AAAA")
+    assert peak < MEMORY_BOUND, f"{peak / MiB:.0f} MiB"
+
+
+@functools.cache
+def hollow(size: int) -> bytes:
+    """A gzip stream of `size` bytes of empty deflate blocks, gzip-compressed again: undone, it is
+    all work and no output, so no byte cap stops it."""
+    inner = zlib.compressobj(9, zlib.DEFLATED, 31)
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    empty = b"\x00\x00\x00\xff\xff"  # an empty stored block, byte-aligned after a sync flush
+    parts = [packer.compress(inner.flush(zlib.Z_SYNC_FLUSH))]
+    parts += (packer.compress(empty * (MiB // len(empty))) for _ in range(size // MiB))
+    return b"".join(parts) + packer.compress(b"\x01\x00\x00\xff\xff" + bytes(8)) + packer.flush()
+
+
+async def test_a_bomb_that_unfolds_into_nothing_is_stopped_by_the_time_cap(web: WebFixtures) -> None:
+    url = web.script(hollow(256 * MiB), {"Content-Type": "text/plain", "Content-Encoding": "gzip, gzip"})
+    started = time.monotonic()
+    err, peak = await fetch_measured(PageFetcher(replace(CAPPED, timeout_seconds=0.2)), url)
+    assert isinstance(err, ApplicationError) and err.type == "FetchTimeout", err
+    assert time.monotonic() - started < 2 and peak < MEMORY_BOUND
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd", "x-made-up", "compress", "gzip, br", "gzip, gzip, gzip"])
+async def test_an_encoding_we_do_not_decode_is_refused_before_the_body_is_read(
+    web: WebFixtures, coding: str
+) -> None:
+    url = web.script(squeezed(256 * MiB, 31), {"Content-Type": "text/plain", "Content-Encoding": coding})
+    err, peak = await fetch_measured(PageFetcher(CAPPED), url)
+    assert isinstance(err, ApplicationError), err
+    assert err.type == "FetchUnsupportedEncoding" and err.non_retryable and coding in err.message
+    assert peak < MEMORY_BOUND, f"{peak / MiB:.0f} MiB"
+
+
+NOTES = "Field notes, Morteratsch Glacier.\nStake 7 moved 31 cm since the last reading.\n" * 50
+
+
+@pytest.mark.parametrize(
+    ("coding", "encode"),
+    [
+        ("", lambda b: b),
+        ("identity", lambda b: b),
+        ("gzip", gzip.compress),
+        ("x-gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", lambda b: zlib.compress(b, wbits=-15)),  # raw deflate, as some servers send it
+        ("gzip, deflate", lambda b: zlib.compress(gzip.compress(b))),  # applied in the order listed
+        ("Deflate, identity, GZIP", lambda b: gzip.compress(zlib.compress(b))),
+        ("deflate, gzip", lambda b: gzip.compress(zlib.compress(b, wbits=-15))),
+    ],
+)
+async def test_gzip_and_deflate_are_decoded(
+    web: WebFixtures, coding: str, encode: Callable[[bytes], bytes]
+) -> None:
+    headers = {"Content-Type": "text/plain; charset=utf-8"} | ({"Content-Encoding": coding} if coding else {})
+    url = web.script(encode(NOTES.encode()), headers)
+    page = await PageFetcher(OPEN).fetch(url)
+    assert page.text == NOTES.strip() and page.size_bytes == len(NOTES) and not page.truncated
+    assert web.seen(url.removeprefix(web.url))[-1].headers["Accept-Encoding"] == "gzip, deflate"
+
+
+@pytest.mark.parametrize(
+    ("coding", "body"),
+    [
+        ("gzip", b"this is not gzip"),
+        ("deflate", b"nor is this deflate"),
+        ("gzip", gzip.compress(b"x")[:-12] + b"garbage!"),
+    ],
+)
+async def test_a_body_that_is_not_what_its_encoding_says_is_a_clear_error(
+    web: WebFixtures, coding: str, body: bytes
+) -> None:
+    url = web.script(body, {"Content-Type": "text/plain", "Content-Encoding": coding})
+    err = await failure(PageFetcher(OPEN).fetch(url))
+    assert err.type == "FetchHTTPError" and err.non_retryable and "cannot be decoded" in err.message
+
+
+ARTICLE = "<html><head>{meta}<title>Stake log</title></head><body><p>Stake 7 moved 31 cm.</p></body></html>"
+
+
+# The page as a server that means these bytes-to-bytes codecs would send it (Python would decode it).
+BYTES_CODECS: dict[str, Callable[[bytes], bytes]] = {
+    "zlib": zlib.compress,
+    "base64": base64.b64encode,
+    "hex": binascii.hexlify,
+    "bz2": bz2.compress,
+}
+
+
+@pytest.mark.parametrize("where", ["header", "meta"])
+@pytest.mark.parametrize(
+    "charset",
+    ["zlib", "base64", "rot13", "hex", "bz2", "x-made-up", "undefined", "punycode", "unicode_escape"],
+)
+async def test_only_a_text_encoding_of_the_web_may_decode_a_page(
+    web: WebFixtures, charset: str, where: str
+) -> None:
+    if where == "header":
+        page = ARTICLE.format(meta="").encode()
+        url = web.script(
+            BYTES_CODECS.get(charset, bytes)(page), {"Content-Type": f"text/html; charset={charset}"}
+        )
+    else:
+        url = web.script(
+            ARTICLE.format(meta=f'<meta charset="{charset}">').encode(), {"Content-Type": "text/html"}
+        )
+    err = await failure(PageFetcher(OPEN).fetch(url))
+    assert err.type == "FetchUnsupportedCharset" and err.non_retryable and charset in err.message
+
+
+@pytest.mark.parametrize(
+    ("charset", "where", "text"),
+    [
+        ("latin1", "header", "Gletscher für Wanderer"),
+        ("Shift_JIS", "header", "氷河の流れ"),
+        ("windows-874", "meta", "ธารน้ำแข็ง"),  # a WHATWG label Python knows as cp874
+        ("utf8", "meta", "Gletscher für Wanderer"),
+    ],
+)
+async def test_the_web_s_charsets_still_decode(web: WebFixtures, charset: str, where: str, text: str) -> None:
+    meta = f'<meta charset="{charset}">' if where == "meta" else ""
+    content_type = f"text/html; charset={charset}" if where == "header" else "text/html"
+    body = ARTICLE.format(meta=meta).replace("Stake 7 moved 31 cm.", text)
+    codec = {"windows-874": "cp874"}.get(charset, charset)
+    url = web.script(body.encode(codec), {"Content-Type": content_type})
+    assert text in (await PageFetcher(OPEN).fetch(url)).text
+
+
+@pytest.mark.parametrize("via_redirect", [False, True], ids=["direct", "redirect"])
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("0177.0.0.1", "127.0.0.1"),  # octal
+        ("0x7f.0.0.1", "127.0.0.1"),  # hex
+        ("0x7F.1", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),  # short forms: the last part fills the remaining bytes
+        ("127.0.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),  # one integer
+        ("0x7f000001", "127.0.0.1"),
+        ("017700000001", "127.0.0.1"),
+        ("127.000.000.001", "127.0.0.1"),
+        ("127.0.0.1.", "127.0.0.1"),
+        ("0251.0376.0251.0376", "169.254.169.254"),
+        ("2852039166", "169.254.169.254"),
+        ("012.1", "10.0.0.1"),
+        ("0", "0.0.0.0"),  # which Linux connects to this host
+        ("[fec0::1]", "fec0::1"),  # IPv6 site-local: deprecated, never public
+        ("[::ffff:127.0.0.1]", "127.0.0.1"),
+    ],
+)
+async def test_every_numeric_form_of_a_private_address_is_refused(
+    web: WebFixtures, host: str, address: str, via_redirect: bool
+) -> None:
+    # The fixture's own port and page: were the guard to let the address through, the fetch would work.
+    target = f"http://{host}:{web.url.rsplit(':', 1)[1]}/pages/glacier-flow.html"
+    if via_redirect:  # the first hop is allowed by name only, so the second is judged on its own
+        fetcher = PageFetcher(FetchConfig(allow_hosts=parse_allow_hosts("localhost")))
+        url = web.url.replace("127.0.0.1", "localhost") + "/redirect?to=" + quote(target, safe="")
+    else:
+        fetcher, url = PageFetcher(FetchConfig()), target
+    err = await failure(fetcher.fetch(url))
+    assert err.type == "FetchRefused" and err.non_retryable and address in err.message
+
+
+@pytest.mark.parametrize("location", ["http://[::1/x", "http://[zz]/", "http://0177.0.0.1:port/"])
+async def test_a_redirect_to_a_malformed_url_is_refused(web: WebFixtures, location: str) -> None:
+    url = web.url_for("redirect?to=" + quote(location, safe=""))
+    err = await failure(PageFetcher(FetchConfig(allow_hosts=parse_allow_hosts("127.0.0.1"))).fetch(url))
+    assert err.type == "FetchRefused" and err.non_retryable
 
 
 # -- web_search -----------------------------------------------------------------------------------

@@ -13,6 +13,14 @@ from datetime import datetime, timedelta
 
 from common.models import BudgetStatus, RaiseBudget, ResearchInput, Usage
 
+# History is a budget too. Temporal refuses to grow a run's history past 50,000 events or 50 MB (its
+# defaults) and terminates the run, which would then end without a report; long before that it suggests
+# continuing as new, which a run does between rounds and while a plan awaits approval. Past these
+# thresholds, with a margin for the report's own events, a run stops taking work and writes its report
+# from what it has. Read at call time (module attributes), so a test can lower them.
+HISTORY_GUARD_EVENTS = 40_000
+HISTORY_GUARD_BYTES = 40 * 1024 * 1024
+
 
 class Budget:
     def __init__(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -23,12 +24,16 @@ with workflow.unsafe.imports_passed_through():
         ERR_INVALID_REQUEST,
         ExecRequest,
         ExecResult,
+        clip,
     )
     from workflows import prompts
     from workflows.calls import HEARTBEAT_TIMEOUT, chat
+    from workflows.inputs import one_input
 
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
-OUTPUT_CHARS_FOR_MODEL = 6000
+OUTPUT_CHARS_FOR_MODEL = 6000  # of each stream
+PREVIEW_CHARS_FOR_MODEL = 1000  # of each artifact
+DESCRIBE_CHARS = 20_000  # everything the model is shown about one run
 SANDBOX_TIMEOUT_SECONDS = 60.0
 
 
@@ -39,22 +44,28 @@ def extract_program(reply: str) -> str:
 
 
 def describe(result: ExecResult) -> str:
-    """What the model reads about a run: the outcome line, then the output, trimmed."""
+    """What the model reads about a run: the outcome line, the output and the artifacts' first lines,
+    at most DESCRIBE_CHARS in all, however much the program printed or left behind."""
     text = result.summary()
     if result.stdout:
         text += f"\nstdout:\n{result.stdout[-OUTPUT_CHARS_FOR_MODEL:]}"
     if result.stderr:
         text += f"\nstderr:\n{result.stderr[-OUTPUT_CHARS_FOR_MODEL:]}"
-    for artifact in result.artifacts:
-        if artifact.preview:
-            text += f"\n{artifact.name} begins:\n{artifact.preview[:1000]}"
-    return text
+    previews = [a for a in result.artifacts if a.preview]
+    for shown, artifact in enumerate(previews):
+        block = f"\n{artifact.name} begins:\n{(artifact.preview or '')[:PREVIEW_CHARS_FOR_MODEL]}"
+        if len(text) + len(block) > DESCRIBE_CHARS - 100:  # leaves room for this note
+            text += f"\n[{len(previews) - shown} more artifact previews left out]"
+            break
+        text += block
+    return clip(text, DESCRIBE_CHARS)
 
 
 @workflow.defn(name=CODER_WORKFLOW)
 class CoderWorkflow:
     @workflow.run
-    async def run(self, task: StepInput) -> Finding:
+    async def run(self, *inputs: Any) -> Finding:
+        task = one_input(CODER_WORKFLOW, inputs, StepInput)
         step = task.step
         usage = Usage()
         conversation = prompts.code_messages(task.question, step.title, step.description, task.context)

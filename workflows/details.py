@@ -8,6 +8,7 @@ the run waits for a person, the exact command that acts.
 from __future__ import annotations
 
 from common.models import Plan, Usage
+from workflows.reporting import md_inline
 
 _MARKS = {"pending": "[ ]", "running": "[~]", "done": "[x]", "failed": "[!]", "skipped": "[-]"}
 
@@ -41,6 +42,8 @@ def spend(usage: Usage) -> str:
 def render_details(
     workflow_id: str, phase: str, plan: Plan | None, usage: Usage, waiting_for: str | None
 ) -> str:
+    # The id goes inside code spans: anything that could end one, or the line, is left out.
+    workflow_id = "".join(c for c in workflow_id if c.isprintable() and c != "`")[:200]
     lines = [f"**Phase:** {phase}"]
     if waiting_for and plan is not None:
         lines += [
@@ -55,8 +58,11 @@ def render_details(
             lines += ["", f"**Waiting for:** {doing}"]
     if plan is not None:
         lines += ["", f"**Plan v{plan.version}**", ""]
+        # Titles come from the planner model or a person: the Web UI renders this as markdown.
         lines += [
-            f"- {_MARKS.get(s.status, '[?]')} `{s.id}` {s.title} ({s.kind}, {s.status})" for s in plan.steps
+            f"- {_MARKS.get(s.status, '[?]')} `{md_inline(s.id, 20).replace('`', '')}` {md_inline(s.title)} "
+            f"({s.kind}, {s.status})"
+            for s in plan.steps
         ]
     lines += ["", f"**Spend:** {spend(usage)}"]
     return "\n".join(lines)

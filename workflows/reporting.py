@@ -10,6 +10,29 @@ import re
 
 from common.models import Finding, Plan, Source
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Characters that make markdown or HTML wherever they stand; a backslash before any of them makes it
+# literal (CommonMark). A list marker matters only at the start, so only there is it escaped too.
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>#|!~&])")
+_LEADING_MARKER = re.compile(r"^(\d{0,9})([.)\-+=])")
+_SAFE_URL = re.compile(r"^https?://[^\s<>\"'`\\]+$", re.IGNORECASE)
+
+
+def md_inline(text: str, limit: int = 300) -> str:
+    """Text from a document, a page, a model or a person, made safe to place inside a markdown line:
+    control characters and line breaks gone (no fake headings or bullets), every markdown or HTML
+    character escaped (no links, images, tags or `[n]` citations it did not mean), and bounded."""
+    flat = " ".join(_CONTROL.sub(" ", text).split())
+    if len(flat) > limit:
+        flat = flat[: limit - 1] + "…"
+    return _LEADING_MARKER.sub(r"\1\\\2", _MARKDOWN.sub(r"\\\1", flat))
+
+
+def md_url(url: str) -> str:
+    """A link target that cannot break out of `<...>`: an http(s) URL without spaces, quotes or angle
+    brackets as it is; anything else as escaped text."""
+    return f"<{url}>" if _SAFE_URL.match(url) and len(url) <= 2000 else md_inline(url)
+
 
 def number_sources(findings: list[Finding]) -> list[Source]:
     """De-duplicate sources across findings (same URL or path) and number them 1..n in first-seen
@@ -51,21 +74,26 @@ def cited_numbers(markdown: str) -> set[str]:
 
 
 def sources_section(sources: list[Source]) -> str:
+    """The numbered sources. Titles and paths come from pages and documents, so each is escaped."""
     if not sources:
         return ""
-    lines = [
-        f"{s.id}. {s.title or s.url or s.path}"
-        + (f" <{s.url}>" if s.url and s.title else "")
-        + (f" ({s.path})" if s.path and s.title else "")
-        for s in sources
-    ]
+    lines = []
+    for s in sources:
+        name = md_inline(s.title) if s.title else (md_url(s.url) if s.url else md_inline(s.path or ""))
+        line = f"{s.id}. {name}"
+        if s.url and s.title:
+            line += f" {md_url(s.url)}"
+        if s.path and s.title:
+            line += f" ({md_inline(s.path)})"
+        lines.append(line)
     return "\n\n## Sources\n\n" + "\n".join(lines) + "\n"
 
 
 def artifacts_section(findings: list[Finding]) -> str:
     """Files coder steps made, by reference: the report links them, it never inlines their bytes."""
     lines = [
-        f'- {a.name} ({a.size} bytes, {a.media_type}) from "{f.title}": {a.path}'
+        f"- {md_inline(a.name)} ({a.size} bytes, {md_inline(a.media_type)}) from "
+        f'"{md_inline(f.title)}": {md_inline(a.path, 1000)}'
         for f in findings
         for a in f.artifacts
     ]
@@ -87,7 +115,10 @@ def unfinished_section(plan: Plan | None) -> str:
     missing = [s for s in plan.steps if s.status in ("failed", "skipped", "pending", "running")]
     if not missing:
         return ""
-    lines = [f"- {s.title}: {s.status}" + (f" ({s.error})" if s.error else "") for s in missing]
+    lines = [
+        f"- {md_inline(s.title)}: {s.status}" + (f" ({md_inline(s.error, 500)})" if s.error else "")
+        for s in missing
+    ]
     return "\n\n## Steps not completed\n\n" + "\n".join(lines) + "\n"
 
 
@@ -98,12 +129,12 @@ def partial_report(
     done = len(findings)
     total = len(plan.steps) if plan else 0
     parts = [
-        f"# Partial report ({outcome}): {question}",
-        f"> This run {outcome}{': ' + reason if reason else ''}. "
+        f"# Partial report ({outcome}): {md_inline(question, 500)}",
+        f"> This run {outcome}{': ' + md_inline(reason, 500) if reason else ''}. "
         f"{done} of {total} steps had completed; their findings follow unedited.",
     ]
     for finding in findings:
-        parts.append(f"## {finding.title}\n\n{finding.summary}")
+        parts.append(f"## {md_inline(finding.title)}\n\n{finding.summary}")
     if not findings:
         parts.append("No step had completed.")
     return "\n\n".join(parts) + "\n" + artifacts_section(findings) + unfinished_section(plan)

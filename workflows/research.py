@@ -12,14 +12,14 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RawValue, RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import ValidationError
+    from pydantic import BaseModel, ValidationError
 
     from common.models import (
         MAX_STEPS,
@@ -62,18 +62,22 @@ with workflow.unsafe.imports_passed_through():
         UPDATE_RAISE_BUDGET,
     )
     from common.structured import DraftStep, plan_model, review_model
-    from workflows import prompts, reporting
+    from workflows import budget, prompts, reporting
     from workflows.budget import Budget
     from workflows.calls import WORKFLOW_TASK_TIMEOUT, chat, chat_structured
     from workflows.details import render_details
+    from workflows.inputs import one_input
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 PHASE_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTR_PHASE)
 
 CONTEXT_CHARS_PER_FINDING = 1500
 # workflow.patched ids: each marks a change of commands that landed code must replay around.
 PATCH_RESEARCHER_AGENT = "researcher-agent"
+PATCH_ABORT_CANCELS_STEPS = "abort-cancels-steps"
+PATCH_HAND_OVER_WHILE_AWAITING = "hand-over-while-awaiting-approval"
 
 
 class _Aborted(Exception):
@@ -93,12 +97,14 @@ def _root_message(err: BaseException) -> str:
     return innermost
 
 
-# An input that fails validation (an empty question sent with `temporal workflow start`, say) fails the
-# run with pydantic's message instead of retrying a workflow task that can never succeed.
+# The input is validated by workflows/inputs.py: a start with a bad input (an empty question sent with
+# `temporal workflow start`, no input at all, a number) fails the run at once with the reason, instead of
+# retrying a workflow task that can never succeed.
 @workflow.defn(name=RESEARCH_WORKFLOW, failure_exception_types=[ValidationError])
 class ResearchWorkflow:
     @workflow.init
-    def __init__(self, request: ResearchInput) -> None:
+    def __init__(self, *inputs: Any) -> None:
+        request = one_input(RESEARCH_WORKFLOW, inputs, ResearchInput)
         self._input = request
         self._phase: Phase = "planning"
         self._plan: Plan | None = None
@@ -117,6 +123,10 @@ class ResearchWorkflow:
             self._next_step = carried.next_step
             self._continued = carried.continued
             started_at = datetime.fromisoformat(carried.started_at)
+        # A continuation that picks up a plan awaiting approval keeps its approval clock.
+        self._awaiting_since: datetime | None = (
+            datetime.fromisoformat(carried.awaiting_since) if carried and carried.awaiting_since else None
+        )
         self._budget = Budget(request, started_at, carried.budget if carried else None)
         self._reached: str | None = None  # the limit that stopped new work, while it holds
         self._finished_by_budget: str | None = None
@@ -138,7 +148,8 @@ class ResearchWorkflow:
     # -- the loop ------------------------------------------------------------------------------
 
     @workflow.run
-    async def run(self, request: ResearchInput) -> ResearchResult:
+    async def run(self, *inputs: Any) -> ResearchResult:
+        request = self._input
         try:
             report = await self._research()
         except FailureError as err:
@@ -196,7 +207,9 @@ class ResearchWorkflow:
     async def _research(self) -> str:
         """Returns the report's markdown: full when the run completes, partial when it is aborted."""
         try:
-            resumed = self._input.carried is not None
+            carried = self._input.carried
+            resumed = carried is not None
+            awaiting = carried is not None and carried.stage == "approval"
             if not resumed:
                 self._failed_while = "planning"
                 await self._unless_aborted(self._within_budget())
@@ -213,12 +226,12 @@ class ResearchWorkflow:
                 )
                 self._install_plan(draft.steps, draft.rationale)
             while True:
-                if not resumed:
+                if not resumed or awaiting:
                     await self._await_approval()
                     self._failed_while = "researching"
                     await self._unless_aborted(self._execute_pending())
                     self._continue_as_new_if_suggested()
-                resumed = False
+                resumed = awaiting = False
                 if self._iterations >= self._input.max_plan_iterations or self._finished_by_budget:
                     break
                 await self._unless_aborted(self._within_budget())
@@ -245,13 +258,18 @@ class ResearchWorkflow:
         if self._input.auto_approve:
             return
         assert self._plan is not None
+        # Only runs started since this landed hand over while they wait: recorded runs must replay.
+        hand_over = workflow.patched(PATCH_HAND_OVER_WHILE_AWAITING)
         while True:
             version = self._plan.version
             self._set_phase("awaiting_approval")
+            since = self._awaiting_since or workflow.now()
+            self._awaiting_since = None
+            waited = (workflow.now() - since).total_seconds()
             try:
                 await workflow.wait_condition(
-                    functools.partial(self._approval_settled, version),
-                    timeout=timedelta(seconds=self._input.approval_timeout_seconds),
+                    functools.partial(self._approval_settled, version, hand_over),
+                    timeout=timedelta(seconds=max(self._input.approval_timeout_seconds - waited, 0.001)),
                     timeout_summary=f"approval timeout for plan v{version}",
                 )
             except TimeoutError:
@@ -262,11 +280,16 @@ class ResearchWorkflow:
                     reason=f"plan v{version} was not approved within "
                     f"{self._input.approval_timeout_seconds:g} seconds"
                 )
+            self._stop_if_history_full()
             if self._abort is not None:
                 raise _Aborted()
             if self._approved is not None:
                 self._approved = None
                 return
+            if hand_over and self._changes is None and self._current_version() == version:
+                # Nothing was decided and Temporal suggests a fresh history (a long wait, or a flood
+                # of signals): hand the waiting plan over to a new run of this one.
+                self._continue_as_new("approval", since)
             if self._changes is not None:
                 changes, self._changes = self._changes, None
                 await self._unless_aborted(self._within_budget())
@@ -390,8 +413,13 @@ class ResearchWorkflow:
         phase = self._phase
         self._set_phase("paused")
         await workflow.wait_condition(
-            lambda: self._abort is not None or self._budget.reached(self._usage, workflow.now()) is None
+            lambda: (
+                self._abort is not None
+                or self._budget.reached(self._usage, workflow.now()) is None
+                or self._history_full() is not None
+            )
         )
+        self._stop_if_history_full()
         self._reached = None
         if self._abort is None:
             self._set_phase(phase)
@@ -400,8 +428,10 @@ class ResearchWorkflow:
         """Between rounds (no step running) a long run hands its state to a fresh run when Temporal
         suggests it, so history never outgrows the server's limits. Nothing is repeated: the plan,
         findings, usage and budgets travel in the input."""
-        if not workflow.info().is_continue_as_new_suggested():
-            return
+        if workflow.info().is_continue_as_new_suggested():
+            self._continue_as_new("review", None)
+
+    def _continue_as_new(self, stage: Literal["review", "approval"], awaiting_since: datetime | None) -> None:
         assert self._plan is not None
         carried = Carried(
             plan=self._plan,
@@ -412,6 +442,8 @@ class ResearchWorkflow:
             started_at=self._budget.started_at.isoformat(),
             continued=self._continued + 1,
             budget=self._budget.as_raise(),
+            stage=stage,
+            awaiting_since=awaiting_since.isoformat() if awaiting_since else None,
         )
         workflow.logger.info("continuing as new (history is long): run %d", carried.continued + 1)
         workflow.continue_as_new(self._input.model_copy(update={"carried": carried}))
@@ -466,31 +498,68 @@ class ResearchWorkflow:
             raise _Aborted()
         task: asyncio.Future[T] = asyncio.ensure_future(work)
         aborted: asyncio.Future[None] = asyncio.ensure_future(
-            workflow.wait_condition(lambda: self._abort is not None)
+            workflow.wait_condition(lambda: self._abort is not None or self._history_full() is not None)
         )
         racers: list[asyncio.Future[Any]] = [task, aborted]
         await workflow.wait(racers, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             aborted.cancel()
             return task.result()
+        self._stop_if_history_full()
         task.cancel()
         try:
             await task
         except (asyncio.CancelledError, FailureError):
             pass  # Cancellation surfaces as either, depending on what was running.
+        if workflow.patched(PATCH_ABORT_CANCELS_STEPS):
+            await self._cancel_running_steps()
         self._mark_unfinished("the run was aborted")
         raise _Aborted()
 
+    async def _cancel_running_steps(self) -> None:
+        """Cancel every step still running (or waiting for a slot) and wait until each has stopped:
+        its child workflow is cancelled and its activities are told, as with `skip_step`."""
+        running = [t for t in self._steps.values() if not t.done()]
+        for step in running:
+            step.cancel()
+        for step in running:
+            try:
+                await step
+            except (asyncio.CancelledError, FailureError):
+                pass
+
     # -- plan bookkeeping ----------------------------------------------------------------------
 
-    def _approval_settled(self, version: int) -> bool:
-        """Plan `version` was approved, revised, edited into a new version, or the run aborted."""
+    def _approval_settled(self, version: int, hand_over: bool = False) -> bool:
+        """Plan `version` was approved, revised, edited into a new version, or the run aborted; or the
+        history needs handing over or is full."""
         return (
             self._abort is not None
             or self._approved is not None
             or self._changes is not None
             or self._current_version() != version
+            or (hand_over and workflow.info().is_continue_as_new_suggested())
+            or self._history_full() is not None
         )
+
+    def _history_full(self) -> str | None:
+        """Why the run must stop taking work because its history nears Temporal's limits, or None."""
+        info = workflow.info()
+        events, size = info.get_current_history_length(), info.get_current_history_size()
+        if events >= budget.HISTORY_GUARD_EVENTS or size >= budget.HISTORY_GUARD_BYTES:
+            return (
+                f"its history reached {events:,} events and {size / 1_048_576:.1f} MB, near Temporal's "
+                "limit, so it stopped taking new work"
+            )
+        return None
+
+    def _stop_if_history_full(self) -> None:
+        """A full history ends the run as an abort does: running steps are cancelled and the report is
+        written from what was found, rather than the server terminating the run with no report."""
+        full = self._history_full()
+        if full is not None and self._abort is None:
+            workflow.logger.warning("the run %s", full)
+            self._abort = AbortRun(reason=f"the run {full}")
 
     def _current_version(self) -> int:
         return self._plan.version if self._plan else 0
@@ -580,6 +649,17 @@ class ResearchWorkflow:
 
     # -- signals, update, query ----------------------------------------------------------------
 
+    @staticmethod
+    def _signal_arg(name: str, raw: RawValue, model: type[M]) -> M | None:
+        """A signal's argument, decoded here rather than by the SDK: a malformed one is logged and
+        dropped all the same, but its handler has run, so the run's waits look again at what a flood
+        of them changes (the history's size, Temporal's suggestion to continue as new)."""
+        try:
+            return workflow.payload_converter().from_payload(raw.payload, model)
+        except Exception as err:  # any payload a sender can forge: dropped, never a failed task
+            workflow.logger.warning("dropped a malformed %s signal: %s", name, str(err)[:500])
+            return None
+
     def _is_current(self, what: str, version: int) -> bool:
         if self._phase != "awaiting_approval" or self._plan is None:
             workflow.logger.warning(
@@ -600,17 +680,22 @@ class ResearchWorkflow:
         return True
 
     @workflow.signal(name=SIGNAL_APPROVE_PLAN)
-    def approve_plan(self, signal: ApprovePlan) -> None:
-        if self._is_current("approval", signal.plan_version):
+    def approve_plan(self, raw: RawValue) -> None:
+        signal = self._signal_arg(SIGNAL_APPROVE_PLAN, raw, ApprovePlan)
+        if signal is not None and self._is_current("approval", signal.plan_version):
             self._approved = signal.plan_version
 
     @workflow.signal(name=SIGNAL_REQUEST_CHANGES)
-    def request_changes(self, signal: RequestChanges) -> None:
-        if self._is_current("change request", signal.plan_version):
+    def request_changes(self, raw: RawValue) -> None:
+        signal = self._signal_arg(SIGNAL_REQUEST_CHANGES, raw, RequestChanges)
+        if signal is not None and self._is_current("change request", signal.plan_version):
             self._changes = signal
 
     @workflow.signal(name=SIGNAL_ABORT)
-    def abort(self, signal: AbortRun) -> None:
+    def abort(self, raw: RawValue) -> None:
+        signal = self._signal_arg(SIGNAL_ABORT, raw, AbortRun)
+        if signal is None:
+            return
         if self._phase in ("done", "aborted", "failed"):
             workflow.logger.warning("ignored abort: the run is already %s", self._phase)
             return
@@ -618,7 +703,10 @@ class ResearchWorkflow:
             self._abort = signal
 
     @workflow.signal(name=SIGNAL_SKIP_STEP)
-    def skip_step(self, signal: SkipStep) -> None:
+    def skip_step(self, raw: RawValue) -> None:
+        signal = self._signal_arg(SIGNAL_SKIP_STEP, raw, SkipStep)
+        if signal is None:
+            return
         step = next((s for s in (self._plan.steps if self._plan else []) if s.id == signal.step_id), None)
         if step is None or step.status not in ("pending", "running"):
             what = "no such step" if step is None else f"it is {step.status}"
@@ -634,7 +722,10 @@ class ResearchWorkflow:
         self._publish()
 
     @workflow.signal(name=SIGNAL_ADD_STEP)
-    def add_step(self, signal: AddStep) -> None:
+    def add_step(self, raw: RawValue) -> None:
+        signal = self._signal_arg(SIGNAL_ADD_STEP, raw, AddStep)
+        if signal is None:
+            return
         if self._plan is None or self._phase in ("done", "aborted", "failed", "reporting"):
             workflow.logger.warning("ignored add_step %r: the run is %s", signal.title, self._phase)
             return

@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from common.models import Claim, Finding, Source, StepInput, Usage
     from common.names import RESEARCHER_GRAPH, RESEARCHER_WORKFLOW
     from workflows import prompts
+    from workflows.inputs import one_input
     from workflows.researcher_graph import (
         FINDING_ATTEMPTS,
         Limits,
@@ -41,7 +42,8 @@ ERR_MALFORMED_FINDING = "MalformedFinding"
 @workflow.defn(name=RESEARCHER_WORKFLOW, sandboxed=False)
 class ResearcherWorkflow:
     @workflow.run
-    async def run(self, task: StepInput) -> Finding:
+    async def run(self, *inputs: Any) -> Finding:
+        task = one_input(RESEARCHER_WORKFLOW, inputs, StepInput)
         step = task.step
         limits = Limits(tool_calls=task.tool_calls, tokens=task.tokens, context_tokens=task.context_tokens)
         start: ResearcherState = {

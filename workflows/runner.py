@@ -18,6 +18,7 @@ PASSED_THROUGH = (
     "common.models",
     "common.names",
     "common.structured",
+    "workflows.inputs",
     # Pure helpers of the workflows (prompts, parsing, report framing, UI details): no module state,
     # no I/O. Importing them once instead of into every workflow's sandbox saves ~10 ms per new run.
     "workflows.budget",

@@ -6,6 +6,8 @@ coder sub-agents replace this with their own child workflows. Deterministic orch
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
@@ -13,12 +15,14 @@ with workflow.unsafe.imports_passed_through():
     from common.names import STEP_WORKFLOW
     from workflows import prompts
     from workflows.calls import chat
+    from workflows.inputs import one_input
 
 
 @workflow.defn(name=STEP_WORKFLOW)
 class StepWorkflow:
     @workflow.run
-    async def run(self, task: StepInput) -> Finding:
+    async def run(self, *inputs: Any) -> Finding:
+        task = one_input(STEP_WORKFLOW, inputs, StepInput)
         step = task.step
         usage = Usage()
         role: Role = "coder" if step.kind == "code" else "researcher"
