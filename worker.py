@@ -2,7 +2,7 @@
 
 Configuration comes from the environment (see common/config.py); keys, the Docker client and the
 sandbox pool are built here, once, and handed to activity objects, so they never travel through
-Temporal. Observability is wired here too: tracing rides on the client (client/connection.py), and
+Temporal. Observability is wired here too: tracing rides on the client (common/plugin.py), and
 CAIRN_METRICS_PORT gives this process's Temporal runtime a Prometheus endpoint.
 
 One process runs two Temporal workers: one for workflows and non-LLM activities on the task queue,
@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from opentelemetry.trace import Tracer
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.langgraph import LangGraphPlugin
@@ -38,7 +39,6 @@ from activities.researcher import ResearcherNodes
 from activities.sandbox import SandboxActivities
 from activities.telemetry import Telemetry
 from activities.web_search import WebSearch
-from client.connection import connect
 from common.config import (
     WORKER_ROLES,
     LLMConfig,
@@ -50,14 +50,11 @@ from common.config import (
     worker_role,
 )
 from common.names import RESEARCHER_GRAPH, llm_task_queue
-from common.telemetry import shutdown_process_tracing
+from common.plugin import connect
+from common.tracing import process_tracing, shutdown_process_tracing
 from common.web_config import FetchConfig, SearchConfig
-from workflows.coder import CoderWorkflow
-from workflows.research import ResearchWorkflow
-from workflows.researcher import ResearcherWorkflow
-from workflows.researcher_graph import build_graph
-from workflows.runner import workflow_runner
-from workflows.step import StepWorkflow
+from workflows.registry import WORKFLOWS
+from workflows.researcher.graph import build_graph
 
 log = logging.getLogger("cairn.worker")
 
@@ -118,6 +115,7 @@ def build_worker(
     corpus: Corpus | None = None,
     llm_limits: LLMLimits | None = None,
     role: str = "all",
+    tracer: Tracer | None = None,
     **options: Any,
 ) -> CairnWorker:
     """`options` go to the workflow worker as they are (tests use `max_cached_workflows=0` to force
@@ -125,11 +123,13 @@ def build_worker(
     The researcher's tools come from the environment unless given: search backends, the page
     fetcher's limits, and the corpus (PostgreSQL with DATABASE_URL, else SQLite in `home`).
     `llm_limits` (else CAIRN_LLM_*) sets the LLM worker's rate and concurrency; `role` is `all`,
-    `workflows` (no LLM worker) or `llm` (only the LLM worker)."""
+    `workflows` (no LLM worker) or `llm` (only the LLM worker). `tracer` is the process's (common/tracing.py)
+    when tracing is on: activities' own spans (LLM calls, fetches) then join the run's trace. The client
+    carries Cairn's plugin (common/plugin.py: converter, tracing interceptor, sandbox), which every
+    worker built on it inherits."""
     if role not in WORKER_ROLES:
         raise ValueError(f"unknown worker role {role!r}: one of {', '.join(WORKER_ROLES)}")
-    # Activities' own spans use the tracer of the client's interceptor, so they join the run's trace.
-    telemetry = Telemetry.for_client(client)
+    telemetry = Telemetry(tracer)
     home = home or cairn_home()
     llm_activities = LLMActivities(llm or LLMConfig.from_env(), telemetry)
     reports = ReportActivities(home / "reports")
@@ -152,13 +152,12 @@ def build_worker(
             Worker(
                 client,
                 task_queue=task_queue,
-                workflows=[ResearchWorkflow, StepWorkflow, CoderWorkflow, ResearcherWorkflow],
+                workflows=list(WORKFLOWS),
                 # llm.chat (and, through the plugin, every graph node) is registered here too, only
                 # for calls scheduled on this queue before LLM calls had a queue of their own: a run
                 # in flight across the upgrade still finds a worker for them. New calls never come here.
                 activities=[llm_activities.chat, reports.save, sandbox.exec],
                 plugins=[researcher],
-                workflow_runner=workflow_runner(),
                 graceful_shutdown_timeout=timedelta(seconds=10),
                 **{**POLLER_TUNING, **options},
             )
@@ -189,8 +188,7 @@ T = TypeVar("T")
 def event_loop_runner() -> Callable[[Coroutine[Any, Any, T]], T]:
     """How a worker process runs its event loop: uvloop where it is installed (a dependency on Linux
     and macOS), else asyncio's own loop. The loop carries every poll, payload conversion and LLM
-    request of the process: uvloop took ~2.5 ms of worker CPU off each LLM call and 3-9 ms off the
-    overhead per call (bench/orchestration_overhead.py, three interleaved pairs; README)."""
+    request of the process, so a faster loop is less CPU per call (docs/benchmarks.md)."""
     try:
         import uvloop
     except ImportError:
@@ -210,7 +208,12 @@ async def main() -> None:
     config = TemporalConfig.from_env()
     role, limits = worker_role(), LLMLimits.from_env()  # A bad value stops the worker here, named.
     port = metrics_port()
-    client = await (connect(config, runtime=metrics_runtime(port)) if port else connect(config))
+    tracing = process_tracing()
+    client = await (
+        connect(config, tracing=tracing, runtime=metrics_runtime(port))
+        if port
+        else connect(config, tracing=tracing)
+    )
     if port:
         log.info("metrics at http://127.0.0.1:%d/metrics", port)
     sandbox = SandboxActivities()
@@ -238,7 +241,10 @@ async def main() -> None:
             limits.max_concurrent,
         )
     try:
-        async with build_worker(client, config.task_queue, sandbox=sandbox, llm_limits=limits, role=role):
+        tracer = tracing.tracer if tracing is not None else None
+        async with build_worker(
+            client, config.task_queue, sandbox=sandbox, llm_limits=limits, role=role, tracer=tracer
+        ):
             await stop.wait()
     finally:
         await sandbox.close()

@@ -39,23 +39,12 @@ from temporalio.exceptions import ApplicationError
 
 from activities.llm import retry_after
 from activities.telemetry import ERROR_TYPE, Telemetry
-from common.research_models import FetchedPage
+from common import errors
+from common.tool_models import FetchedPage
 from common.version import __version__
 from common.web_config import FetchConfig
 
 # Stable error types: the researcher, tests and operators match on these strings.
-ERR_REFUSED = "FetchRefused"  # not http(s), or an address the configuration does not allow
-ERR_TIMEOUT = "FetchTimeout"  # retryable: the download outlasted CAIRN_FETCH_TIMEOUT_SECONDS
-ERR_UNSUPPORTED = "FetchUnsupportedType"  # an image, a PDF, a binary: not text we can read
-ERR_ENCODING = "FetchUnsupportedEncoding"  # a Content-Encoding we do not decode (br, zstd, unknown)
-ERR_CHARSET = "FetchUnsupportedCharset"  # a charset that is not a text encoding of the web
-ERR_HTTP = "FetchHTTPError"  # the server's status: 4xx for good, 5xx retryable
-ERR_RATE_LIMITED = "FetchRateLimited"  # retryable 429, after Retry-After
-ERR_UNAVAILABLE = "FetchUnavailable"  # retryable: connection refused or reset, a DNS hiccup
-ERR_NOT_FOUND = "FetchHostNotFound"  # the name does not exist
-ERR_TLS = "FetchTLSFailed"  # the certificate does not verify
-ERR_REDIRECTS = "FetchTooManyRedirects"
-ERR_EMPTY = "FetchEmpty"  # the page has no text at all
 
 USER_AGENT = f"Cairn/{__version__} (+research agent)"
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
@@ -100,7 +89,7 @@ _WEB_LABELS = {
 
 
 def _refused(message: str) -> ApplicationError:
-    return ApplicationError(message, type=ERR_REFUSED, non_retryable=True)
+    return ApplicationError(message, type=errors.FETCH_REFUSED, non_retryable=True)
 
 
 def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
@@ -208,7 +197,7 @@ class PageFetcher:
         except (TimeoutError, httpx.TimeoutException) as err:
             raise ApplicationError(
                 f"fetching {url} took longer than {seconds:g}s (CAIRN_FETCH_TIMEOUT_SECONDS)",
-                type=ERR_TIMEOUT,
+                type=errors.FETCH_TIMEOUT,
             ) from err
 
     async def _follow(self, url: str) -> _Body:
@@ -243,7 +232,7 @@ class PageFetcher:
                     await response.aclose()
         raise ApplicationError(
             f"{url} redirected more than {self._config.max_redirects} times",
-            type=ERR_REDIRECTS,
+            type=errors.FETCH_TOO_MANY_REDIRECTS,
             non_retryable=True,
         )
 
@@ -266,9 +255,9 @@ class PageFetcher:
         except socket.gaierror as err:
             if err.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
                 raise ApplicationError(
-                    f"{host} does not exist ({err})", type=ERR_NOT_FOUND, non_retryable=True
+                    f"{host} does not exist ({err})", type=errors.FETCH_HOST_NOT_FOUND, non_retryable=True
                 ) from err
-            raise ApplicationError(f"cannot resolve {host}: {err}", type=ERR_UNAVAILABLE) from err
+            raise ApplicationError(f"cannot resolve {host}: {err}", type=errors.FETCH_UNAVAILABLE) from err
         addresses = list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in infos))
         if not self._config.allow_private and host not in self._config.allow_hosts:
             for address in addresses:
@@ -299,17 +288,17 @@ class PageFetcher:
             except httpx.ConnectError as err:
                 if _tls_failure(err):
                     raise ApplicationError(
-                        f"TLS failed for {target.url[:200]}: {err}", type=ERR_TLS, non_retryable=True
+                        f"TLS failed for {target.url[:200]}: {err}", type=errors.FETCH_TLS, non_retryable=True
                     ) from err
                 failure = err  # Another of the host's addresses may answer.
             except (httpx.TimeoutException, TimeoutError):
                 raise
             except httpx.TransportError as err:
                 raise ApplicationError(
-                    f"fetching {target.url[:200]} failed: {err!r}", type=ERR_UNAVAILABLE
+                    f"fetching {target.url[:200]} failed: {err!r}", type=errors.FETCH_UNAVAILABLE
                 ) from err
         raise ApplicationError(
-            f"cannot connect to {target.url[:200]}: {failure!r}", type=ERR_UNAVAILABLE
+            f"cannot connect to {target.url[:200]}: {failure!r}", type=errors.FETCH_UNAVAILABLE
         ) from failure
 
     async def _read(self, response: httpx.Response, url: str, codings: list[str]) -> tuple[bytes, bool]:
@@ -337,11 +326,13 @@ class PageFetcher:
         except zlib.error as err:  # a broken stream stays broken
             raise ApplicationError(
                 f"{url[:200]} sent a body that cannot be decoded as {', '.join(codings)}: {err}",
-                type=ERR_HTTP,
+                type=errors.FETCH_HTTP,
                 non_retryable=True,
             ) from err
         except httpx.TransportError as err:
-            raise ApplicationError(f"reading {url[:200]} failed: {err!r}", type=ERR_UNAVAILABLE) from err
+            raise ApplicationError(
+                f"reading {url[:200]} failed: {err!r}", type=errors.FETCH_UNAVAILABLE
+            ) from err
         return b"".join(chunks), False
 
     # -- extraction ---------------------------------------------------------------------------------
@@ -357,7 +348,7 @@ class PageFetcher:
         text = text.strip()
         if not text:
             raise ApplicationError(
-                f"{body.final_url} has no text to read", type=ERR_EMPTY, non_retryable=True
+                f"{body.final_url} has no text to read", type=errors.FETCH_EMPTY, non_retryable=True
             )
         truncated = body.truncated
         if len(text) > self._config.max_chars:
@@ -399,7 +390,7 @@ def _codings(url: str, response: httpx.Response) -> list[str]:
         problem = f"{', '.join(unknown)}, which fetch_url does not decode" if unknown else "too many codings"
         raise ApplicationError(
             f"{url[:200]} is sent with Content-Encoding {', '.join(listed)[:200]}: {problem}",
-            type=ERR_ENCODING,
+            type=errors.FETCH_UNSUPPORTED_ENCODING,
             non_retryable=True,
         )
     return codings[::-1]
@@ -411,10 +402,12 @@ def _check_status(url: str, response: httpx.Response) -> None:
         return
     reason = f"{url[:200]} answered {status} {response.reason_phrase}".rstrip()
     if status == 429:
-        raise ApplicationError(reason, type=ERR_RATE_LIMITED, next_retry_delay=retry_after(response.headers))
+        raise ApplicationError(
+            reason, type=errors.FETCH_RATE_LIMITED, next_retry_delay=retry_after(response.headers)
+        )
     if status >= 500 or status in _RETRYABLE_4XX:
-        raise ApplicationError(reason, type=ERR_HTTP, next_retry_delay=retry_after(response.headers))
-    raise ApplicationError(reason, type=ERR_HTTP, non_retryable=True)
+        raise ApplicationError(reason, type=errors.FETCH_HTTP, next_retry_delay=retry_after(response.headers))
+    raise ApplicationError(reason, type=errors.FETCH_HTTP, non_retryable=True)
 
 
 def _content_type(url: str, response: httpx.Response) -> str:
@@ -426,7 +419,7 @@ def _content_type(url: str, response: httpx.Response) -> str:
         return content_type
     raise ApplicationError(
         f"{url[:200]} is {content_type}, not a page of text (fetch_url reads HTML and plain text)",
-        type=ERR_UNSUPPORTED,
+        type=errors.FETCH_UNSUPPORTED_TYPE,
         non_retryable=True,
     )
 
@@ -461,7 +454,7 @@ def _web_charset(charset: str) -> str:
     if codec not in _WEB_CHARSETS:
         raise ApplicationError(
             f"the page declares charset {charset[:60]!r}, which is not a text encoding of the web",
-            type=ERR_CHARSET,
+            type=errors.FETCH_UNSUPPORTED_CHARSET,
             non_retryable=True,
         )
     return codec
@@ -472,7 +465,9 @@ def _decode(body: bytes, charset: str | None, truncated: bool) -> str:
     windows-1252 (the web's legacy default). A body cut at the byte cap may end mid-character: that tail is dropped, not guessed."""
     codec = _web_charset(charset) if charset else None
     if b"\x00" in body[:1024] and not body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise ApplicationError("the body is binary, not text", type=ERR_UNSUPPORTED, non_retryable=True)
+        raise ApplicationError(
+            "the body is binary, not text", type=errors.FETCH_UNSUPPORTED_TYPE, non_retryable=True
+        )
     for candidate in (codec, "utf-8"):
         if not candidate:
             continue

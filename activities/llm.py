@@ -12,12 +12,13 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import openai
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -25,33 +26,22 @@ from temporalio.exceptions import ApplicationError
 from activities.heartbeat import with_heartbeats
 from activities.redact import redact
 from activities.telemetry import STRUCTURED_OUTPUT, Telemetry
+from common import errors
 from common.config import LLMConfig
 from common.models import ChatMessage, ChatRequest, ChatResponse, StructuredOutput
 from common.names import LLM_CHAT
 
 # Stable error types: workflows, tests and operators match on these strings.
-ERR_RATE_LIMITED = "LLMRateLimited"
-ERR_SERVER = "LLMServerError"
-ERR_TIMEOUT = "LLMTimeout"
-ERR_CONNECTION = "LLMConnectionError"
-ERR_BAD_REQUEST = "LLMBadRequest"
-ERR_AUTH = "LLMAuthenticationFailed"
-ERR_FORBIDDEN = "LLMPermissionDenied"
-ERR_NOT_FOUND = "LLMModelNotFound"
-ERR_NOT_CONFIGURED = "LLMNotConfigured"
-ERR_TRUNCATED = "LLMOutputTruncated"
-ERR_CONTENT_FILTERED = "LLMContentFiltered"
-ERR_TOOLS_UNSUPPORTED = "LLMToolsUnsupported"
 
 _NON_RETRYABLE = {
-    400: (ERR_BAD_REQUEST, "the LLM server rejected the request as malformed (400)"),
-    401: (ERR_AUTH, "the LLM server rejected the credentials (401): check OPENAI_API_KEY"),
-    403: (ERR_FORBIDDEN, "the LLM server refused access (403): check the key's permissions"),
+    400: (errors.LLM_BAD_REQUEST, "the LLM server rejected the request as malformed (400)"),
+    401: (errors.LLM_AUTH, "the LLM server rejected the credentials (401): check OPENAI_API_KEY"),
+    403: (errors.LLM_FORBIDDEN, "the LLM server refused access (403): check the key's permissions"),
     404: (
-        ERR_NOT_FOUND,
+        errors.LLM_NOT_FOUND,
         "the LLM server does not know this model or path (404): check the model name and OPENAI_BASE_URL",
     ),
-    422: (ERR_BAD_REQUEST, "the LLM server could not process the request (422)"),
+    422: (errors.LLM_BAD_REQUEST, "the LLM server could not process the request (422)"),
 }
 _MAX_RETRY_AFTER = timedelta(minutes=10)
 
@@ -110,13 +100,13 @@ def _translate(err: Exception, model: str, tools: bool) -> ApplicationError:
         return ApplicationError(
             f"model {model} stopped at its output token limit before finishing the answer: "
             "raise CAIRN_MAX_OUTPUT_TOKENS (or the server's limit)",
-            type=ERR_TRUNCATED,
+            type=errors.LLM_TRUNCATED,
             non_retryable=True,
         )
     if isinstance(err, openai.ContentFilterFinishReasonError):
         return ApplicationError(
             f"model {model}'s answer was withheld by the server's content filter",
-            type=ERR_CONTENT_FILTERED,
+            type=errors.LLM_CONTENT_FILTERED,
             non_retryable=True,
         )
     if tools and isinstance(err, openai.APIStatusError) and err.status_code in (400, 422, 501):
@@ -125,13 +115,13 @@ def _translate(err: Exception, model: str, tools: bool) -> ApplicationError:
             return ApplicationError(
                 f"model {model} does not support tool calling, which the researcher needs: choose a "
                 f"model that does (CAIRN_RESEARCHER_MODEL); the server said: {detail}",
-                type=ERR_TOOLS_UNSUPPORTED,
+                type=errors.LLM_TOOLS_UNSUPPORTED,
                 non_retryable=True,
             )
     if isinstance(err, openai.APITimeoutError):
-        return ApplicationError(f"LLM request to model {model} timed out", type=ERR_TIMEOUT)
+        return ApplicationError(f"LLM request to model {model} timed out", type=errors.LLM_TIMEOUT)
     if isinstance(err, openai.APIConnectionError):
-        return ApplicationError(f"cannot reach the LLM server: {err}", type=ERR_CONNECTION)
+        return ApplicationError(f"cannot reach the LLM server: {err}", type=errors.LLM_CONNECTION)
     if isinstance(err, openai.APIStatusError):
         status = err.status_code
         detail = _detail(err)
@@ -142,23 +132,32 @@ def _translate(err: Exception, model: str, tools: bool) -> ApplicationError:
         if status == 429:
             return ApplicationError(
                 f"the LLM server is rate limiting (429); model {model}: {detail}",
-                type=ERR_RATE_LIMITED,
+                type=errors.LLM_RATE_LIMITED,
                 next_retry_delay=delay,
             )
         return ApplicationError(
             f"the LLM server failed ({status}); model {model}: {detail}",
-            type=ERR_SERVER,
+            type=errors.LLM_SERVER,
             next_retry_delay=delay,
         )
-    return ApplicationError(f"unexpected LLM client error: {err}", type=ERR_SERVER)
+    return ApplicationError(f"unexpected LLM client error: {err}", type=errors.LLM_SERVER)
 
 
-def _to_langchain(message: ChatMessage) -> BaseMessage:
-    if message.role == "system":
-        return SystemMessage(content=message.content)
-    if message.role == "assistant":
-        return AIMessage(content=message.content)
-    return HumanMessage(content=message.content)
+def to_langchain(message: ChatMessage | Mapping[str, Any]) -> BaseMessage:
+    """A chat message as LangChain takes it: a ChatMessage of `llm.chat`, or one of the researcher
+    graph's plain-dict messages (which may carry tool calls, or answer one)."""
+    m: Mapping[str, Any] = message.model_dump() if isinstance(message, ChatMessage) else message
+    role, content = m["role"], m.get("content") or ""
+    if role == "system":
+        return SystemMessage(content=content)
+    if role == "user":
+        return HumanMessage(content=content)
+    if role == "tool":
+        return ToolMessage(content=content, tool_call_id=m["tool_call_id"])
+    calls = [
+        {"id": c["id"], "name": c["name"], "args": c.get("args") or {}} for c in m.get("tool_calls") or []
+    ]
+    return AIMessage(content=content, tool_calls=calls)
 
 
 @dataclass(frozen=True)
@@ -174,6 +173,15 @@ class Completion:
     def text(self) -> str:
         content = self.message.content
         return content if isinstance(content, str) else str(content)
+
+    def record(self) -> dict[str, Any]:
+        """The call's usage as the researcher graph keeps it in its state (Usage.of_calls reads it)."""
+        return {
+            "model": self.model,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": self.cost_usd,
+        }
 
 
 # Ways to ask for JSON, strongest first. A server that refuses one is asked the next way at once, in the
@@ -299,7 +307,7 @@ class LLMActivities:
         if not self._config.configured:
             raise ApplicationError(
                 "no LLM is configured on this worker: set OPENAI_API_KEY or OPENAI_BASE_URL",
-                type=ERR_NOT_CONFIGURED,
+                type=errors.LLM_NOT_CONFIGURED,
                 non_retryable=True,
             )
         model = self._config.model_for(role)
@@ -363,7 +371,7 @@ class LLMActivities:
     async def chat(self, request: ChatRequest) -> ChatResponse:
         done = await self.complete(
             request.role,
-            [_to_langchain(m) for m in request.messages],
+            [to_langchain(m) for m in request.messages],
             request.purpose,
             output=request.output,
         )

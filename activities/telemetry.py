@@ -23,7 +23,6 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
 from temporalio import activity
-from temporalio.client import Client
 
 from common.names import (
     METRIC_LLM_CALLS,
@@ -35,7 +34,6 @@ from common.names import (
     METRIC_SEARCHES,
 )
 from common.sandbox_models import ExecResult
-from common.telemetry import interceptor_of
 
 # Span attributes (GenAI semantic conventions, then Cairn's own).
 GEN_AI_OPERATION = "gen_ai.operation.name"
@@ -65,15 +63,10 @@ def observe(name: str, value: float, **attributes: str) -> None:
 
 
 class Telemetry:
-    """The tracer of the worker's client (None when tracing is off, then every span is a no-op)."""
+    """The worker's tracer (None when tracing is off, then every span is a no-op)."""
 
     def __init__(self, tracer: Tracer | None = None) -> None:
         self.tracer = tracer
-
-    @staticmethod
-    def for_client(client: Client) -> Telemetry:
-        interceptor = interceptor_of(client)
-        return Telemetry(interceptor.tracer if interceptor else None)
 
     @contextmanager
     def span(

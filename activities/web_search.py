@@ -32,16 +32,11 @@ from activities.fetch import USER_AGENT
 from activities.llm import retry_after
 from activities.redact import redact
 from activities.telemetry import ERROR_TYPE, Telemetry
-from common.research_models import SearchHit, SearchResults
+from common import errors
+from common.tool_models import SearchHit, SearchResults
 from common.web_config import DUCKDUCKGO, MAX_RESULTS_LIMIT, SEARXNG, TAVILY, SearchConfig
 
 # Stable error types: the researcher, tests and operators match on these strings.
-ERR_RATE_LIMITED = "SearchRateLimited"  # retryable, after Retry-After when the service sent one
-ERR_UNAVAILABLE = "SearchUnavailable"  # retryable: 5xx, connection failure, timeout, outage
-ERR_AUTH = "SearchAuthFailed"  # the service refused our credentials or access
-ERR_QUOTA = "SearchQuotaExceeded"  # the plan's usage limit is spent; waiting minutes will not help
-ERR_BAD_REQUEST = "SearchBadRequest"  # the query or a parameter was refused
-ERR_NOT_CONFIGURED = "SearchNotConfigured"  # no backend (or not the one asked for)
 
 NAMES = {TAVILY: "Tavily", SEARXNG: "SearxNG", DUCKDUCKGO: "DuckDuckGo"}
 
@@ -95,7 +90,7 @@ def status_error(
     if status == 429:
         return ApplicationError(
             f"{name} is rate limiting (429){said}",
-            type=ERR_RATE_LIMITED,
+            type=errors.SEARCH_RATE_LIMITED,
             next_retry_delay=retry_after(headers),
         )
     if status in (401, 403):
@@ -106,17 +101,19 @@ def status_error(
             text = f"Tavily refused the credentials ({status}): check TAVILY_API_KEY{said}"
         else:
             text = f"{name} refused access ({status}){said}"
-        return ApplicationError(text, type=ERR_AUTH, non_retryable=True)
+        return ApplicationError(text, type=errors.SEARCH_AUTH, non_retryable=True)
     if backend == TAVILY and status in (432, 433):  # Tavily's "plan / pay-as-you-go limit reached"
         return ApplicationError(
-            f"Tavily's usage limit is reached ({status}){said}", type=ERR_QUOTA, non_retryable=True
+            f"Tavily's usage limit is reached ({status}){said}", type=errors.SEARCH_QUOTA, non_retryable=True
         )
     if status == 408 or status >= 500:
         return ApplicationError(
-            f"{name} failed ({status}){said}", type=ERR_UNAVAILABLE, next_retry_delay=retry_after(headers)
+            f"{name} failed ({status}){said}",
+            type=errors.SEARCH_UNAVAILABLE,
+            next_retry_delay=retry_after(headers),
         )
     return ApplicationError(
-        f"{name} refused the search ({status}){said}", type=ERR_BAD_REQUEST, non_retryable=True
+        f"{name} refused the search ({status}){said}", type=errors.SEARCH_BAD_REQUEST, non_retryable=True
     )
 
 
@@ -172,11 +169,15 @@ class WebSearch:
     ) -> SearchResults:
         query = " ".join(query.split())
         if not query:
-            raise ApplicationError("the search query is empty", type=ERR_BAD_REQUEST, non_retryable=True)
+            raise ApplicationError(
+                "the search query is empty", type=errors.SEARCH_BAD_REQUEST, non_retryable=True
+            )
         limit = max_results if max_results is not None else self._config.max_results
         if limit < 1:
             raise ApplicationError(
-                f"max_results must be at least 1, not {limit}", type=ERR_BAD_REQUEST, non_retryable=True
+                f"max_results must be at least 1, not {limit}",
+                type=errors.SEARCH_BAD_REQUEST,
+                non_retryable=True,
             )
         limit = min(limit, MAX_RESULTS_LIMIT)
         order = self.available()
@@ -185,14 +186,14 @@ class WebSearch:
                 offered = ", ".join(order) or "none"
                 raise ApplicationError(
                     f"search backend {backend!r} is not configured on this worker (configured: {offered})",
-                    type=ERR_NOT_CONFIGURED,
+                    type=errors.SEARCH_NOT_CONFIGURED,
                     non_retryable=True,
                 )
             order = [backend]
         if not order:
             raise ApplicationError(
                 "no web search backend is configured: set TAVILY_API_KEY, CAIRN_SEARXNG_URL or CAIRN_DDG=1",
-                type=ERR_NOT_CONFIGURED,
+                type=errors.SEARCH_NOT_CONFIGURED,
                 non_retryable=True,
             )
         for position, name in enumerate(order, start=1):
@@ -222,9 +223,9 @@ class WebSearch:
             except TimeoutError as err:
                 failure = ApplicationError(
                     f"{NAMES[backend]} did not answer within {self._config.timeout_seconds:g}s",
-                    type=ERR_UNAVAILABLE,
+                    type=errors.SEARCH_UNAVAILABLE,
                 )
-                span.set_attribute(ERROR_TYPE, ERR_UNAVAILABLE)
+                span.set_attribute(ERROR_TYPE, errors.SEARCH_UNAVAILABLE)
                 raise failure from err
             except ApplicationError as err:
                 span.set_attribute(ERROR_TYPE, err.type or "")
@@ -259,12 +260,12 @@ class WebSearch:
         except _StatusError as err:
             raise status_error(TAVILY, err.status, err.headers, err.detail) from err
         except (TavilyTimeout, httpx.TimeoutException) as err:
-            raise ApplicationError(f"Tavily timed out: {err}", type=ERR_UNAVAILABLE) from err
+            raise ApplicationError(f"Tavily timed out: {err}", type=errors.SEARCH_UNAVAILABLE) from err
         except httpx.TransportError as err:
-            raise ApplicationError(f"cannot reach Tavily: {err!r}", type=ERR_UNAVAILABLE) from err
+            raise ApplicationError(f"cannot reach Tavily: {err!r}", type=errors.SEARCH_UNAVAILABLE) from err
         except ValueError as err:  # a 200 whose body is not JSON
             raise ApplicationError(
-                f"Tavily answered with malformed JSON: {err}", type=ERR_UNAVAILABLE
+                f"Tavily answered with malformed JSON: {err}", type=errors.SEARCH_UNAVAILABLE
             ) from err
         results = answer.get("results") or []
         return normalize_hits(((r.get("title"), r.get("url"), r.get("content")) for r in results), limit)
@@ -278,18 +279,18 @@ class WebSearch:
         except _StatusError as err:
             raise status_error(SEARXNG, err.status, err.headers, err.detail) from err
         except httpx.TimeoutException as err:
-            raise ApplicationError(f"SearxNG timed out: {err!r}", type=ERR_UNAVAILABLE) from err
+            raise ApplicationError(f"SearxNG timed out: {err!r}", type=errors.SEARCH_UNAVAILABLE) from err
         except httpx.TransportError as err:
             raise ApplicationError(
-                f"cannot reach SearxNG at {self._config.searxng_url}: {err!r}", type=ERR_UNAVAILABLE
+                f"cannot reach SearxNG at {self._config.searxng_url}: {err!r}", type=errors.SEARCH_UNAVAILABLE
             ) from err
         except ValueError as err:
             raise ApplicationError(
-                f"SearxNG answered with malformed JSON: {err}", type=ERR_UNAVAILABLE
+                f"SearxNG answered with malformed JSON: {err}", type=errors.SEARCH_UNAVAILABLE
             ) from err
         if not isinstance(answer, dict):
             raise ApplicationError(
-                "SearxNG answered with something other than a JSON object", type=ERR_UNAVAILABLE
+                "SearxNG answered with something other than a JSON object", type=errors.SEARCH_UNAVAILABLE
             )
         results = answer.get("results") or []
         dead = answer.get("unresponsive_engines") or []
@@ -298,7 +299,9 @@ class WebSearch:
             engines = ", ".join(
                 f"{e[0]} ({e[1]})" if isinstance(e, list) and len(e) > 1 else str(e) for e in dead
             )
-            raise ApplicationError(f"SearxNG's engines did not answer: {engines}", type=ERR_UNAVAILABLE)
+            raise ApplicationError(
+                f"SearxNG's engines did not answer: {engines}", type=errors.SEARCH_UNAVAILABLE
+            )
         return normalize_hits(((r.get("title"), r.get("url"), r.get("content")) for r in results), limit)
 
     async def _duckduckgo(self, query: str, limit: int) -> list[SearchHit]:
@@ -317,18 +320,22 @@ class WebSearch:
             # ddgs is synchronous (a blocking HTTP client), so it runs in a thread.
             results = await asyncio.to_thread(run)
         except RatelimitException as err:
-            raise ApplicationError(f"DuckDuckGo is rate limiting: {err}", type=ERR_RATE_LIMITED) from err
+            raise ApplicationError(
+                f"DuckDuckGo is rate limiting: {err}", type=errors.SEARCH_RATE_LIMITED
+            ) from err
         except DDGSTimeout as err:
-            raise ApplicationError(f"DuckDuckGo timed out: {err}", type=ERR_UNAVAILABLE) from err
+            raise ApplicationError(f"DuckDuckGo timed out: {err}", type=errors.SEARCH_UNAVAILABLE) from err
         except DDGSException as err:
             if str(err) != "No results found.":
-                raise ApplicationError(f"DuckDuckGo search failed: {err}", type=ERR_UNAVAILABLE) from err
+                raise ApplicationError(
+                    f"DuckDuckGo search failed: {err}", type=errors.SEARCH_UNAVAILABLE
+                ) from err
             # ddgs says "No results found." both for a page without hits and for a refused request
             # (DuckDuckGo answers a suspected bot with a non-200 page). They cannot be told apart, so
             # it is treated as a failure: retryable, and the next backend gets a chance.
             raise ApplicationError(
                 "DuckDuckGo returned no results (ddgs cannot tell an empty result from a refused request)",
-                type=ERR_UNAVAILABLE,
+                type=errors.SEARCH_UNAVAILABLE,
             ) from err
         return normalize_hits(
             ((r.get("title"), _unwrap_ddg(r.get("href") or ""), r.get("body")) for r in results), limit

@@ -1,7 +1,7 @@
 """Bare Temporal in the shape of a Cairn run: the floor bench/orchestration_overhead.py compares against.
 
-Why this exists: this machine's speed drifts by tens of percent from one minute to the next, so an
-overhead figure alone says as much about the machine as about Cairn. Runs of this module's workflows,
+Why this exists: a shared virtual machine's speed drifts from one minute to the next, so an overhead
+figure alone says as much about the machine as about Cairn. Runs of this module's workflows,
 interleaved with Cairn's runs on the same server and in the same process, cost what Temporal alone costs
 for the same work: the same child workflows, the same activities in the same order, LLM calls on a queue
 of their own (as Cairn's are), each "LLM call" an activity that only sleeps the stub's latency. No

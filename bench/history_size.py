@@ -25,9 +25,9 @@ from temporalio.api.enums.v1 import EventType
 from activities.corpus import SQLiteCorpus
 from bench.results_io import publish
 from client.api import CairnClient
-from client.connection import connect, data_converter
-from client.payload_store import DEFAULT_THRESHOLD_BYTES
 from common.config import LLMConfig, TemporalConfig
+from common.payload_store import DEFAULT_THRESHOLD_BYTES
+from common.plugin import connect, data_converter
 from common.web_config import FetchConfig, SearchConfig
 from testkit.dev_server import DevServer
 from testkit.research_site import ResearchSite

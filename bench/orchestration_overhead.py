@@ -10,8 +10,8 @@ agent: two model turns (search the corpus, then conclude), one corpus_search too
 finding, so three LLM calls in sequence. Reported as p50 and p95 over several runs. The stub runs in a
 process of its own, as a provider would; the worker runs in this one.
 Target: p50 <= 50 ms. Each Cairn run is followed by the same run in bare Temporal (bench/bare_shape.py:
-the same children and activities, nothing of Cairn's), whose overhead is Temporal's floor in that
-moment on this drifting machine; their difference is Cairn's own cost. bench/temporal_floor.py
+the same children and activities, nothing of Cairn's), whose overhead is Temporal's floor at that
+moment, since a machine's speed drifts; their difference is Cairn's own cost. bench/temporal_floor.py
 measures single bare activities and children.
     python bench/orchestration_overhead.py [--runs 10] [--latency-ms 50] [--steps 10] [--parallel 1]
 """
@@ -33,20 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bare_shape import BareRun, Shape, bare_workers
 from bench.results_io import publish
+from bench.stats import percentile
 from client.api import CairnClient
-from client.connection import connect
 from common.config import LLMConfig, TemporalConfig
+from common.plugin import connect
 from testkit.dev_server import DevServer
 from testkit.scripted_llm import ScriptedLLMProcess
 from worker import build_worker, event_loop_runner
 
 RESULTS = Path(__file__).parent / "results" / "orchestration_overhead.json"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def cpu_times() -> list[int]:
@@ -145,8 +140,8 @@ async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict
         # The same CPU time per LLM call: what Cairn's worker spends, less sensitive to the machine's
         # drift than wall time.
         "worker_cpu_ms_per_call_p50": round(statistics.median(cpu_per_call), 1),
-        # How much CPU the hypervisor took away during the sitting: this machine's slow spells are its
-        # neighbours' busy ones, and Temporal's floor rises with them.
+        # How much CPU the hypervisor gave other guests during the sitting: Temporal's floor rises with
+        # it, so only sittings at similar steal compare.
         "cpu_steal_percent": round(steal, 1),
         "target_ms_p50": 50,
     }

@@ -19,22 +19,20 @@ import asyncio
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from activities.sandbox_config import SandboxConfig
-from activities.sandbox_runner import SandboxRunner
+# Run as `python bench/sandbox_latency.py` too: the repository root holds `bench`, which is not installed.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from activities.sandbox.config import SandboxConfig
+from activities.sandbox.runner import SandboxRunner
+from bench.stats import percentile
 from common.sandbox_models import ExecRequest
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sandbox_latency.json"
-
-
-def _percentile(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    k = (len(ordered) - 1) * p
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 async def _measure(runs: int, warm: bool, artifacts: Path) -> list[float]:
@@ -64,8 +62,8 @@ async def main_async(runs: int) -> dict[str, object]:
     report: dict[str, object] = {"runs": runs, "machine": platform.node(), "cpus": _cpus()}
     for name, samples in (("cold", cold), ("warm", warm)):
         report[name] = {
-            "p50_ms": round(_percentile(samples, 0.50), 1),
-            "p95_ms": round(_percentile(samples, 0.95), 1),
+            "p50_ms": round(percentile(samples, 0.50), 1),
+            "p95_ms": round(percentile(samples, 0.95), 1),
             "mean_ms": round(statistics.fmean(samples), 1),
             "min_ms": round(min(samples), 1),
             "max_ms": round(max(samples), 1),

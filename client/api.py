@@ -42,21 +42,15 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from client.connection import connect
 from common.config import TemporalConfig, owner
 from common.models import (
-    AbortRun,
-    AddStep,
-    ApprovePlan,
+    SIGNALS,
+    UPDATES,
     BudgetStatus,
-    EditPlan,
     Plan,
-    RaiseBudget,
-    RequestChanges,
     ResearchInput,
     ResearchResult,
     RunStatus,
-    SkipStep,
     StepSpec,
 )
 from common.names import (
@@ -72,6 +66,7 @@ from common.names import (
     UPDATE_EDIT_PLAN,
     UPDATE_RAISE_BUDGET,
 )
+from common.plugin import connect
 from workflows.calls import WORKFLOW_TASK_TIMEOUT
 from workflows.inputs import explain
 
@@ -205,16 +200,20 @@ class CairnClient:
             return CairnError(f"run {workflow_id} did not answer {asking}: {_one_line(err.message)}")
         return CairnError(_one_line(err.message))
 
-    async def _signal(self, workflow_id: str, name: str, arg: Any) -> None:
+    async def _signal(self, workflow_id: str, name: str, what: str, **fields: Any) -> None:
+        """Send signal `name` with what the protocol table says it carries, built from `fields`."""
+        arg = _request(SIGNALS[name], what, **fields)
         async with self._about(workflow_id):
             await self._handle(workflow_id).signal(name, arg)
 
-    async def _update(self, workflow_id: str, name: str, arg: Any, result_type: type[T], what: str) -> T:
+    async def _update(self, workflow_id: str, name: str, what: str, **fields: Any) -> Any:
         """Run update `name`; a rejection by the run's validator is a CairnError naming `what`."""
+        carries, answers = UPDATES[name]
+        arg = _request(carries, what, **fields)
         async with self._about(workflow_id, f"the {what}"):
             try:
                 return await self._handle(workflow_id).execute_update(
-                    name, arg, result_type=result_type, rpc_timeout=UPDATE_TIMEOUT
+                    name, arg, result_type=answers, rpc_timeout=UPDATE_TIMEOUT
                 )
             except WorkflowUpdateFailedError as err:
                 raise CairnError(f"{what} rejected: {err.cause}") from None
@@ -301,14 +300,14 @@ class CairnClient:
 
     async def approve(self, workflow_id: str, plan_version: int | None = None) -> int:
         version = await self._awaiting(workflow_id, plan_version)
-        approval = _request(ApprovePlan, "approval", plan_version=version)
-        await self._signal(workflow_id, SIGNAL_APPROVE_PLAN, approval)
+        await self._signal(workflow_id, SIGNAL_APPROVE_PLAN, "approval", plan_version=version)
         return version
 
     async def revise(self, workflow_id: str, feedback: str, plan_version: int | None = None) -> int:
         version = await self._awaiting(workflow_id, plan_version)
-        signal = _request(RequestChanges, "change request", plan_version=version, feedback=feedback)
-        await self._signal(workflow_id, SIGNAL_REQUEST_CHANGES, signal)
+        await self._signal(
+            workflow_id, SIGNAL_REQUEST_CHANGES, "change request", plan_version=version, feedback=feedback
+        )
         return version
 
     async def edit(
@@ -318,19 +317,22 @@ class CairnClient:
         plan_version: int | None = None,
     ) -> Plan:
         version = await self._awaiting(workflow_id, plan_version)
-        edit = _request(EditPlan, "plan edit", plan_version=version, steps=validated_steps(steps))
-        return await self._update(workflow_id, UPDATE_EDIT_PLAN, edit, Plan, "plan edit")
+        plan: Plan = await self._update(
+            workflow_id, UPDATE_EDIT_PLAN, "plan edit", plan_version=version, steps=validated_steps(steps)
+        )
+        return plan
 
     async def skip_step(self, workflow_id: str, step_id: str) -> None:
         """A pending step will not run; a running one is cancelled (its activities are told)."""
-        await self._signal(workflow_id, SIGNAL_SKIP_STEP, _request(SkipStep, "skip", step_id=step_id))
+        await self._signal(workflow_id, SIGNAL_SKIP_STEP, "skip", step_id=step_id)
 
     async def add_step(
         self, workflow_id: str, title: str, kind: str = "research", description: str = ""
     ) -> None:
         """A new step joins the plan of a running run and is carried out with the others."""
-        signal = _request(AddStep, "step", title=title, kind=kind, description=description)
-        await self._signal(workflow_id, SIGNAL_ADD_STEP, signal)
+        await self._signal(
+            workflow_id, SIGNAL_ADD_STEP, "step", title=title, kind=kind, description=description
+        )
 
     async def raise_budget(
         self,
@@ -341,17 +343,18 @@ class CairnClient:
         deadline_seconds: float | None = None,
     ) -> BudgetStatus:
         """New limits (absolute); a paused run goes on once no limit is reached."""
-        raised = _request(
-            RaiseBudget,
-            "budget",
+        budget: BudgetStatus = await self._update(
+            workflow_id,
+            UPDATE_RAISE_BUDGET,
+            "budget raise",
             token_budget=token_budget,
             cost_budget_usd=cost_budget_usd,
             deadline_seconds=deadline_seconds,
         )
-        return await self._update(workflow_id, UPDATE_RAISE_BUDGET, raised, BudgetStatus, "budget raise")
+        return budget
 
     async def abort(self, workflow_id: str, reason: str = "") -> None:
-        await self._signal(workflow_id, SIGNAL_ABORT, _request(AbortRun, "abort", reason=reason))
+        await self._signal(workflow_id, SIGNAL_ABORT, "abort", reason=reason)
 
     async def result(self, workflow_id: str) -> ResearchResult:
         try:

@@ -27,8 +27,7 @@ from client.sandbox_cli import add_sandbox_commands
 from client.watch import watch
 from common.config import ConfigError, LLMConfig, TemporalConfig, private_files
 from common.models import RunStatus
-from common.telemetry import shutdown_process_tracing
-from workflows.details import spend
+from common.tracing import shutdown_process_tracing
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -85,7 +84,7 @@ def render_status(workflow_id: str, status: RunStatus) -> str:
             lines.append(f"  {step.id:>4} [{step.status:^8}] {step.title} ({step.kind})")
             if step.error:
                 lines.append(f"       {step.error}")
-    lines.append(f"Spend: {spend(status.usage)}")
+    lines.append(f"Spend: {status.usage.describe()}")
     budget = status.budget
     limits = [
         f"tokens {budget.tokens_spent:,} of {budget.token_budget:,}" if budget.token_budget else "",
@@ -412,9 +411,9 @@ def _not_utf8(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "handler", None) is None:
-        return int(args.func(args))  # `cairn sandbox ...`: synchronous commands of their own.
-    bad = _not_utf8(sys.argv[1:] if argv is None else argv)
+    # File names need not be UTF-8 (`cairn ingest` takes them as they are); every other argument
+    # reaches Temporal, which carries only text.
+    bad = None if args.command == "ingest" else _not_utf8(sys.argv[1:] if argv is None else argv)
     if bad is not None:
         print(f"cairn: an argument is not UTF-8 text: {bad!r}", file=sys.stderr)
         return 1

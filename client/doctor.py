@@ -291,7 +291,7 @@ async def check_sandbox(env: dict[str, str]) -> list[Check]:
     import docker
     import docker.errors
 
-    from activities.sandbox_config import SandboxConfig
+    from activities.sandbox.config import SandboxConfig
 
     image = SandboxConfig.from_env(env).image
 
@@ -352,8 +352,8 @@ async def check_search(env: dict[str, str]) -> list[Check]:
 async def check_storage(env: dict[str, str]) -> list[Check]:
     from temporalio.api.common.v1 import Payload
 
-    from client.payload_store import external_storage
     from common.config import cairn_home
+    from common.payload_store import external_storage
 
     checks: list[Check] = []
     home = cairn_home(env)
@@ -416,7 +416,7 @@ def render(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     only = [name.strip() for name in (args.only or "").split(",") if name.strip()]
     unknown = sorted(set(only) - set(CHECKS))
@@ -425,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
             f"cairn doctor: unknown check {', '.join(unknown)}; known: {', '.join(CHECKS)}", file=sys.stderr
         )
         return 2
-    checks = asyncio.run(diagnose(only=only))
+    checks = await diagnose(only=only)
     if args.json:
         failed = any(c.status == FAIL for c in checks)
         seconds = round(time.monotonic() - started, 2)
@@ -447,11 +447,11 @@ def add_doctor_command(subparsers: argparse._SubParsersAction) -> None:  # type:
     doctor.add_argument(
         "--only", metavar="CHECKS", help=f"comma-separated checks to run (default all: {','.join(CHECKS)})"
     )
-    doctor.set_defaults(func=run)
+    doctor.set_defaults(handler=run)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m client.doctor")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--only")
-    sys.exit(run(parser.parse_args()))
+    sys.exit(asyncio.run(run(parser.parse_args())))

@@ -39,15 +39,13 @@ def temporal_binary() -> str:
     return found
 
 
-# The dev server reads each history task queue at most 20 times a second by default, which puts ~50 ms
-# on every child-workflow start, child completion and workflow-task dispatch once its burst is spent.
-# One machine with one worker has no use for that throttle (bench/orchestration_overhead.py: 204 ms of
-# overhead per LLM call with it, see the README for the figure without).
-# SQLite in WAL mode with synchronous=NORMAL syncs the log at checkpoints instead of at every commit.
-# A commit is still durable when any process dies, the server included (the chaos suite kills it); only
-# an operating-system crash or power cut may roll back the last commits, never corrupt the file, and
-# Temporal then retries what it had not recorded. Syncing every commit made the bare-Temporal twin of a
-# 10-step run with three steps in parallel 10-20% slower (README, Benchmarks).
+# The dev server reads each history task queue at most 20 times a second by default, which delays every
+# child-workflow start, child completion and workflow-task dispatch once its burst is spent; one
+# machine with one worker has no use for that throttle. SQLite in WAL mode with synchronous=NORMAL
+# syncs the log at checkpoints instead of at every commit: a commit still survives any process's death,
+# the server's included (the chaos suite kills it); only an operating-system crash or a power cut may
+# roll back the last commits, never corrupt the file, and Temporal then redoes what it had not recorded.
+# What each costs and saves is in docs/benchmarks.md.
 LATENCY_TUNING = [
     "--dynamic-config-value",
     "history.transferProcessorMaxPollRPS=1000",

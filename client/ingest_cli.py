@@ -1,12 +1,12 @@
 """`cairn ingest PATH... [--json]` and `cairn ingest --search QUERY [--limit N] [--json]`.
 
 Why this exists: a person puts their own documents where the researcher's `corpus_search` tool finds
-them, through the same store and the same passage splitting the tool reads (activities/corpus.py), and
+them, through the same store and the same passage splitting the tool reads (activities/corpus/), and
 checks what a query finds. It needs no Temporal server: the corpus is SQLite in CAIRN_HOME, or the
 PostgreSQL in DATABASE_URL.
 
 Only regular files that look like their suffix's format are read, each up to a cap: 50 MB
-(activities/documents.py MAX_BYTES) unless CAIRN_INGEST_MAX_BYTES gives another number of bytes. A
+(activities/corpus/documents.py MAX_BYTES) unless CAIRN_INGEST_MAX_BYTES gives another number of bytes. A
 FIFO, device, socket, binary file or oversized file is refused by name with the reason, and nothing of
 it reaches the corpus.
 
@@ -29,8 +29,8 @@ from pathlib import Path
 
 from temporalio.exceptions import ApplicationError
 
-from activities.documents import MAX_BYTES
-from common.research_models import CorpusResults, IngestReport
+from activities.corpus.documents import MAX_BYTES
+from common.tool_models import CorpusResults, IngestReport
 
 
 def _verb(report: IngestReport) -> str:
@@ -55,7 +55,7 @@ async def ingest_paths(
     """Ingest every document under `paths`, each at most `max_bytes`; returns the reports and the exit
     code."""
     from activities.corpus import open_corpus
-    from activities.documents import iter_documents, read_document
+    from activities.corpus.documents import iter_documents, read_document
 
     code = 0
     reports: list[IngestReport] = []
@@ -125,7 +125,7 @@ def _render(results: CorpusResults) -> str:
     return "\n".join(lines)
 
 
-def _ingest(args: argparse.Namespace) -> int:
+async def _ingest(args: argparse.Namespace) -> int:
     if bool(args.paths) == (args.search is not None):
         print("cairn ingest: name one or more PATHs to ingest, or --search QUERY alone", file=sys.stderr)
         return 2
@@ -136,11 +136,11 @@ def _ingest(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.search is not None:
-            results = asyncio.run(search(args.search, args.limit))
+            results = await search(args.search, args.limit)
             print(results.model_dump_json(indent=2) if args.json else _render(results))
             return 0
         paths = [Path(p) for p in args.paths]
-        reports, code = asyncio.run(ingest_paths(paths, json_output=args.json, max_bytes=max_bytes))
+        reports, code = await ingest_paths(paths, json_output=args.json, max_bytes=max_bytes)
     except ApplicationError as err:  # The store is unavailable: nothing more can be done in this run.
         print(f"cairn ingest: {err}", file=sys.stderr)
         return 1
@@ -166,4 +166,4 @@ def add_ingest_command(subparsers: argparse._SubParsersAction) -> None:  # type:
     )
     ingest.add_argument("--limit", type=int, default=5, help="passages --search shows (default 5)")
     ingest.add_argument("--json", action="store_true", help="machine-readable output")
-    ingest.set_defaults(func=_ingest)
+    ingest.set_defaults(handler=_ingest)

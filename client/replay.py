@@ -12,19 +12,13 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from temporalio.client import Client, WorkflowHistory
-from temporalio.converter import DataConverter
 from temporalio.langgraph import LangGraphPlugin
 from temporalio.worker import Replayer
 
 from common.names import RESEARCHER_GRAPH
-from workflows.coder import CoderWorkflow
-from workflows.research import ResearchWorkflow
-from workflows.researcher import ResearcherWorkflow
-from workflows.researcher_graph import ToolTask, build_graph
-from workflows.runner import workflow_runner
-from workflows.step import StepWorkflow
-
-WORKFLOWS = (ResearchWorkflow, StepWorkflow, CoderWorkflow, ResearcherWorkflow)
+from common.plugin import CairnPlugin
+from workflows.registry import WORKFLOWS
+from workflows.researcher.graph import ToolTask, build_graph
 
 
 class _ReplayOnlyNodes:
@@ -53,14 +47,10 @@ class _ReplayOnlyNodes:
         self._never()
 
 
-def replayer(data_converter: DataConverter, *workflows: type) -> Replayer:
-    plugin = LangGraphPlugin(graphs={RESEARCHER_GRAPH: build_graph(_ReplayOnlyNodes())})
-    return Replayer(
-        workflows=list(workflows or WORKFLOWS),
-        data_converter=data_converter,
-        workflow_runner=workflow_runner(),
-        plugins=[plugin],
-    )
+def replayer(plugin: CairnPlugin, *workflows: type) -> Replayer:
+    """A replayer of the worker's workflows (or `workflows`), configured as the worker is."""
+    graphs = LangGraphPlugin(graphs={RESEARCHER_GRAPH: build_graph(_ReplayOnlyNodes())})
+    return Replayer(workflows=list(workflows or WORKFLOWS), plugins=[plugin, graphs])
 
 
 @dataclass
@@ -72,9 +62,9 @@ class ReplayOutcome:
     problem: str | None = None
 
 
-async def replay_history(history: WorkflowHistory, data_converter: DataConverter) -> ReplayOutcome:
+async def replay_history(history: WorkflowHistory, plugin: CairnPlugin) -> ReplayOutcome:
     kind = history.events[0].workflow_execution_started_event_attributes.workflow_type.name
-    result = await replayer(data_converter).replay_workflow(history, raise_on_replay_failure=False)
+    result = await replayer(plugin).replay_workflow(history, raise_on_replay_failure=False)
     failure = result.replay_failure
     return ReplayOutcome(
         workflow_id=history.workflow_id,
@@ -87,9 +77,10 @@ async def replay_history(history: WorkflowHistory, data_converter: DataConverter
 
 async def replay_run(client: Client, workflow_id: str, *, children: bool = True) -> list[ReplayOutcome]:
     """Replay a run's history and, with `children`, each of its steps' child workflows."""
+    plugin = CairnPlugin(offload=False)  # reads large payloads from the store, as the worker wrote them
     handle = client.get_workflow_handle(workflow_id)
     history = await handle.fetch_history()
-    outcomes = [await replay_history(history, client.data_converter)]
+    outcomes = [await replay_history(history, plugin)]
     if children:
         for event in history.events:
             if event.HasField("child_workflow_execution_started_event_attributes"):
@@ -97,5 +88,5 @@ async def replay_run(client: Client, workflow_id: str, *, children: bool = True)
                 child_history = await client.get_workflow_handle(
                     child.workflow_id, run_id=child.run_id
                 ).fetch_history()
-                outcomes.append(await replay_history(child_history, client.data_converter))
+                outcomes.append(await replay_history(child_history, plugin))
     return outcomes

@@ -2,7 +2,8 @@
 
 Why this exists: a person must be able to build the sandbox image and try a program in the sandbox
 without a Temporal server, through exactly the code path the `sandbox.exec` activity uses (the same
-SandboxRunner, limits and artifact handling). Runnable alone: `python -m client.sandbox_cli ...`.
+SandboxRunner, limits and artifact handling). `build` is `python -m sandbox_images.build` under another
+name: the same options and the same function. Runnable alone: `python -m client.sandbox_cli ...`.
 
 Must never: run the program any other way than the activity does, or print an infrastructure failure
 as if it were the program's result (those exit with code 2 and a message on stderr).
@@ -18,22 +19,12 @@ from pathlib import Path
 from temporalio.exceptions import ApplicationError
 
 from common.sandbox_models import ExecRequest, ExecResult
-
-
-def _build(args: argparse.Namespace) -> int:
-    from sandbox_images.build import BuildError, ensure_image
-
-    try:
-        ensure_image(force=args.force)
-    except BuildError as err:
-        print(f"cairn sandbox build: {err}", file=sys.stderr)
-        return 1
-    return 0
+from sandbox_images import build as image_build
 
 
 async def run_file(code: str, name: str, timeout_seconds: float | None) -> ExecResult:
-    from activities.sandbox_config import SandboxConfig
-    from activities.sandbox_runner import SandboxRunner
+    from activities.sandbox.config import SandboxConfig
+    from activities.sandbox.runner import SandboxRunner
 
     config = SandboxConfig.from_env()
     # One run only: a warm pool would start containers this process never uses.
@@ -45,10 +36,16 @@ async def run_file(code: str, name: str, timeout_seconds: float | None) -> ExecR
         await runner.close()
 
 
-def _exec(args: argparse.Namespace) -> int:
+async def _build(args: argparse.Namespace) -> int:
+    """The same build as `python -m sandbox_images.build` (install.sh runs that), off the event loop."""
+    return await asyncio.to_thread(image_build.run, args)
+
+
+async def _exec(args: argparse.Namespace) -> int:
     path = Path(args.file)
     try:
-        result = asyncio.run(run_file(path.read_text(), path.stem, args.timeout))
+        code = await asyncio.to_thread(path.read_text)
+        result = await run_file(code, path.stem, args.timeout)
     except ApplicationError as err:
         print(f"cairn sandbox exec: {err.type}: {err}", file=sys.stderr)
         return 2
@@ -73,22 +70,23 @@ def add_sandbox_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
 
 
 def _add_build_and_exec(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    # The same options and entry point as `python -m sandbox_images.build`, which install.sh runs.
     build = sub.add_parser("build", help="build the sandbox image offline (debootstrap + docker import)")
-    build.add_argument("--force", action="store_true", help="rebuild even if the image exists")
-    build.set_defaults(func=_build)
+    image_build.add_arguments(build)
+    build.set_defaults(handler=_build)
 
     exe = sub.add_parser("exec", help="run a Python file in the sandbox, as the sandbox.exec activity does")
     exe.add_argument("file", help="Python file to run; files it writes to /workspace/out come back")
     exe.add_argument("--json", action="store_true", help="print the full result as JSON")
     exe.add_argument("--timeout", type=float, default=None, help="wall-clock limit in seconds")
-    exe.set_defaults(func=_exec)
+    exe.set_defaults(handler=_exec)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client.sandbox_cli")
     _add_build_and_exec(parser.add_subparsers(dest="sandbox_command", required=True))
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    return asyncio.run(args.handler(args))
 
 
 if __name__ == "__main__":

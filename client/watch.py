@@ -24,7 +24,6 @@ from temporalio.client import WorkflowExecutionStatus
 
 from client.api import CairnClient, RunningActivity
 from common.models import RunStatus
-from workflows.details import spend
 
 FINISHED = ("done", "aborted")
 _STYLE = {"pending": "dim", "running": "yellow", "done": "green", "failed": "red", "skipped": "dim"}
@@ -74,7 +73,7 @@ def render(workflow_id: str, snap: Snapshot) -> RenderableType:
         parts.append(
             Text.assemble(("Awaiting ", "bold magenta"), f"{status.waiting_for}: cairn approve {workflow_id}")
         )
-    parts.append(Text.assemble(("Spend: ", "bold"), spend(status.usage)))
+    parts.append(Text.assemble(("Spend: ", "bold"), status.usage.describe()))
     if status.report_path:
         parts.append(Text(f"Report: {status.report_path}"))
     if status.error:
@@ -101,7 +100,7 @@ def changes(workflow_id: str, before: Snapshot | None, now: Snapshot) -> list[st
     if status.waiting_for and (old is None or old.waiting_for != status.waiting_for):
         lines.append(f"awaiting {status.waiting_for}: cairn approve {workflow_id}")
     if old is None or old.usage != status.usage:
-        lines.append(f"spend: {spend(status.usage)}")
+        lines.append(f"spend: {status.usage.describe()}")
     return lines
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from temporalio.envconfig import ClientConfig
 
+from common.env import ConfigError, number, whole
 from common.names import DEFAULT_TASK_QUEUE
 
 ROLES = ("planner", "researcher", "coder", "reporter")
@@ -24,10 +25,6 @@ DEFAULT_MODEL = "gpt-4o-mini"
 EMBEDDED_HOST = "127.0.0.1"
 EMBEDDED_PORT = 7233
 EMBEDDED_UI_PORT = 8233
-
-
-class ConfigError(Exception):
-    """A setting is missing or malformed; the message names the variable to set."""
 
 
 def cairn_home(env: Mapping[str, str] | None = None) -> Path:
@@ -50,36 +47,16 @@ def private_directory(path: Path) -> Path:
     return path
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as err:
-        raise ConfigError(f"{name}={raw!r} is not a number") from err
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as err:
-        raise ConfigError(f"{name}={raw!r} is not a whole number") from err
-
-
 def embedded_ports(env: Mapping[str, str] | None = None) -> tuple[int, int]:
     """Ports of the embedded dev server and its Web UI (CAIRN_DEV_PORT, CAIRN_DEV_UI_PORT)."""
     env = os.environ if env is None else env
-    return _int(env, "CAIRN_DEV_PORT", EMBEDDED_PORT), _int(env, "CAIRN_DEV_UI_PORT", EMBEDDED_UI_PORT)
+    return whole(env, "CAIRN_DEV_PORT", EMBEDDED_PORT), whole(env, "CAIRN_DEV_UI_PORT", EMBEDDED_UI_PORT)
 
 
 def metrics_port(env: Mapping[str, str] | None = None) -> int | None:
     """CAIRN_METRICS_PORT: where the worker serves Prometheus metrics on 127.0.0.1; unset means none."""
     env = os.environ if env is None else env
-    port = _int(env, "CAIRN_METRICS_PORT", 0)
+    port = whole(env, "CAIRN_METRICS_PORT", 0)
     return port or None
 
 
@@ -192,17 +169,17 @@ class LLMConfig:
             raise ConfigError(
                 f"CAIRN_STRUCTURED_OUTPUT={mode!r} must be one of {', '.join(STRUCTURED_OUTPUT_MODES)}"
             )
-        temperature = _float(env, "CAIRN_TEMPERATURE", 0.0) if env.get("CAIRN_TEMPERATURE") else None
+        temperature = number(env, "CAIRN_TEMPERATURE", 0.0) if env.get("CAIRN_TEMPERATURE") else None
         if temperature is not None and not 0 <= temperature <= 2:
             raise ConfigError(f"CAIRN_TEMPERATURE={temperature:g} must be between 0 and 2")
-        max_output = _int(env, "CAIRN_MAX_OUTPUT_TOKENS", 0)
+        max_output = whole(env, "CAIRN_MAX_OUTPUT_TOKENS", 0)
         if max_output < 0:
             raise ConfigError(f"CAIRN_MAX_OUTPUT_TOKENS={max_output} must be a positive number of tokens")
         return LLMConfig(
             api_key=env.get("OPENAI_API_KEY") or None,
             base_url=env.get("OPENAI_BASE_URL") or None,
             models=models,
-            request_timeout_seconds=_float(env, "CAIRN_LLM_TIMEOUT", 120.0),
+            request_timeout_seconds=number(env, "CAIRN_LLM_TIMEOUT", 120.0),
             prices=model_prices(env),
             structured_output=mode,
             temperature=temperature,
@@ -236,14 +213,14 @@ class LLMLimits:
         env = os.environ if env is None else env
         rate: float | None = None
         if env.get("CAIRN_LLM_RATE_PER_SECOND"):
-            rate = _float(env, "CAIRN_LLM_RATE_PER_SECOND", 0.0)
+            rate = number(env, "CAIRN_LLM_RATE_PER_SECOND", 0.0)
             # inf and nan parse as floats but mean nothing to the server.
             if not 0 < rate < float("inf"):
                 raise ConfigError(
                     f"CAIRN_LLM_RATE_PER_SECOND={env['CAIRN_LLM_RATE_PER_SECOND']!r} must be a positive "
                     "number of calls per second (unset it for no limit)"
                 )
-        concurrent = _int(env, "CAIRN_LLM_MAX_CONCURRENT", LLMLimits.max_concurrent)
+        concurrent = whole(env, "CAIRN_LLM_MAX_CONCURRENT", LLMLimits.max_concurrent)
         if concurrent < 1:
             raise ConfigError(f"CAIRN_LLM_MAX_CONCURRENT={concurrent} must be at least 1")
         return LLMLimits(rate_per_second=rate, max_concurrent=concurrent)

@@ -8,11 +8,21 @@ a client or a connection; those live on the worker.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from common.names import (
+    SIGNAL_ABORT,
+    SIGNAL_ADD_STEP,
+    SIGNAL_APPROVE_PLAN,
+    SIGNAL_REQUEST_CHANGES,
+    SIGNAL_SKIP_STEP,
+    UPDATE_EDIT_PLAN,
+    UPDATE_RAISE_BUDGET,
+)
 from common.sandbox_models import Artifact
 
 MAX_QUESTION_CHARS = 4000
@@ -65,10 +75,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class _Payload(BaseModel):
-    """For what Cairn itself writes and reads back (results, statuses, activity payloads): unknown
-    fields are ignored, so an older worker or client can still read what a newer one wrote during a
-    rolling upgrade."""
+class Tolerant(BaseModel):
+    """For what Cairn itself writes and reads back (results, statuses, activity payloads) and what
+    models write: unknown fields are ignored, so an older worker or client can still read what a newer
+    one wrote during a rolling upgrade, and a model's extra keys are dropped rather than refused."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
@@ -114,33 +124,36 @@ class ResearchInput(_Strict):
         return value
 
 
+def _step_title(value: str) -> str:
+    value = clean_text(value, one_line=True)
+    if not value:
+        raise ValueError("a step title is empty")
+    if len(value) > MAX_STEP_TITLE_CHARS:
+        raise ValueError(f"a step title is longer than {MAX_STEP_TITLE_CHARS} characters")
+    return value
+
+
+def _step_description(value: str) -> str:
+    if len(value) > MAX_STEP_DESCRIPTION_CHARS:
+        raise ValueError(f"a step description is longer than {MAX_STEP_DESCRIPTION_CHARS} characters")
+    return clean_text(value)
+
+
+# A step's title and description, as a person or a model writes them: one set of rules for both.
+StepTitle = Annotated[str, AfterValidator(_step_title)]
+StepDescription = Annotated[str, AfterValidator(_step_description)]
+
+
 class StepSpec(_Strict):
     """A step as a person or the planner writes it. `id` is optional: a new step gets one."""
 
     id: str | None = Field(default=None, max_length=MAX_STEP_ID_CHARS)
-    title: str
+    title: StepTitle
     kind: StepKind = "research"
-    description: str = ""
-
-    @field_validator("title")
-    @classmethod
-    def _title_shape(cls, value: str) -> str:
-        value = clean_text(value, one_line=True)
-        if not value:
-            raise ValueError("a step title is empty")
-        if len(value) > MAX_STEP_TITLE_CHARS:
-            raise ValueError(f"a step title is longer than {MAX_STEP_TITLE_CHARS} characters")
-        return value
-
-    @field_validator("description")
-    @classmethod
-    def _description_shape(cls, value: str) -> str:
-        if len(value) > MAX_STEP_DESCRIPTION_CHARS:
-            raise ValueError(f"a step description is longer than {MAX_STEP_DESCRIPTION_CHARS} characters")
-        return clean_text(value)
+    description: StepDescription = ""
 
 
-class PlanStep(_Payload):
+class PlanStep(Tolerant):
     id: str
     title: str
     kind: StepKind = "research"
@@ -149,13 +162,13 @@ class PlanStep(_Payload):
     error: str | None = None
 
 
-class Plan(_Payload):
+class Plan(Tolerant):
     version: int
     steps: list[PlanStep]
     rationale: str = ""
 
 
-class Usage(_Payload):
+class Usage(Tolerant):
     llm_calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -168,8 +181,30 @@ class Usage(_Payload):
         self.output_tokens += other.output_tokens
         self.cost_usd += other.cost_usd
 
+    @classmethod
+    def of_call(cls, input_tokens: int, output_tokens: int, cost_usd: float) -> Usage:
+        """One LLM call's usage."""
+        return cls(llm_calls=1, input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost_usd)
 
-class Source(_Payload):
+    @classmethod
+    def of_calls(cls, calls: Iterable[Mapping[str, Any]]) -> Usage:
+        """The usage of calls recorded as `{"input_tokens", "output_tokens", "cost_usd"}` (how the
+        researcher graph keeps them in its state)."""
+        total = cls()
+        for call in calls:
+            total.add(cls.of_call(call["input_tokens"], call["output_tokens"], call["cost_usd"]))
+        return total
+
+    def describe(self) -> str:
+        """The spend in words, as the CLI, `cairn watch` and the Web UI's details show it."""
+        calls = "1 LLM call" if self.llm_calls == 1 else f"{self.llm_calls} LLM calls"
+        return (
+            f"{calls}, {self.input_tokens:,} input and {self.output_tokens:,} output tokens, "
+            f"${self.cost_usd:.4f}"
+        )
+
+
+class Source(Tolerant):
     """Something a finding rests on: a URL or a path of the user's documents."""
 
     id: str
@@ -181,14 +216,14 @@ class Source(_Payload):
     via: str = ""
 
 
-class Claim(_Payload):
+class Claim(Tolerant):
     """One statement of a finding and the ids of the sources (in `Finding.sources`) it rests on."""
 
     text: str
     source_ids: list[str] = Field(default_factory=list)
 
 
-class Finding(_Payload):
+class Finding(Tolerant):
     step_id: str
     title: str
     summary: str
@@ -199,7 +234,7 @@ class Finding(_Payload):
     artifacts: list[Artifact] = Field(default_factory=list)
 
 
-class ResearchResult(_Payload):
+class ResearchResult(Tolerant):
     workflow_id: str
     question: str
     report: str
@@ -211,7 +246,7 @@ class ResearchResult(_Payload):
     plan: Plan | None = None
 
 
-class BudgetStatus(_Payload):
+class BudgetStatus(Tolerant):
     """Spent and remaining against each limit; a None limit is unlimited."""
 
     token_budget: int | None = None
@@ -225,7 +260,7 @@ class BudgetStatus(_Payload):
     reached: str | None = None  # which limit stopped new work, when one has
 
 
-class RunStatus(_Payload):
+class RunStatus(Tolerant):
     """What the `status` query answers."""
 
     phase: Phase
@@ -297,11 +332,26 @@ class RaiseBudget(_Strict):
     deadline_seconds: float | None = Field(default=None, gt=0, le=MAX_WAIT_SECONDS)
 
 
+# What each signal and update of ResearchWorkflow carries (and what an update answers): the client
+# builds them from this table and the workflow decodes them with it, so the two sides cannot disagree.
+SIGNALS: dict[str, type[BaseModel]] = {
+    SIGNAL_APPROVE_PLAN: ApprovePlan,
+    SIGNAL_REQUEST_CHANGES: RequestChanges,
+    SIGNAL_ABORT: AbortRun,
+    SIGNAL_SKIP_STEP: SkipStep,
+    SIGNAL_ADD_STEP: AddStep,
+}
+UPDATES: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
+    UPDATE_EDIT_PLAN: (EditPlan, Plan),
+    UPDATE_RAISE_BUDGET: (RaiseBudget, BudgetStatus),
+}
+
+
 # ---------------------------------------------------------------------------------------------------
 # Continue-as-new.
 
 
-class Carried(_Payload):
+class Carried(Tolerant):
     """What a run hands to its continuation: enough to go on without repeating any work."""
 
     plan: Plan
@@ -335,12 +385,12 @@ class Carried(_Payload):
 # Activities and child workflows.
 
 
-class ChatMessage(_Payload):
+class ChatMessage(Tolerant):
     role: Literal["system", "user", "assistant"]
     content: str
 
 
-class StructuredOutput(_Payload):
+class StructuredOutput(Tolerant):
     """The answer's shape, for a call that expects JSON: a JSON schema in the form strict structured
     output accepts (common/structured.py builds it from the pydantic model that validates the reply)."""
 
@@ -349,7 +399,7 @@ class StructuredOutput(_Payload):
     strict: bool = True
 
 
-class ChatRequest(_Payload):
+class ChatRequest(Tolerant):
     role: Role
     messages: list[ChatMessage]
     purpose: str = ""
@@ -358,7 +408,7 @@ class ChatRequest(_Payload):
     output: StructuredOutput | None = None
 
 
-class ChatResponse(_Payload):
+class ChatResponse(Tolerant):
     content: str
     model: str
     input_tokens: int = 0
@@ -368,7 +418,7 @@ class ChatResponse(_Payload):
     output_mode: str = ""
 
 
-class StepInput(_Payload):
+class StepInput(Tolerant):
     question: str
     step: PlanStep
     context: str = ""
@@ -381,12 +431,12 @@ class StepInput(_Payload):
     context_tokens: int = 8000
 
 
-class SaveReport(_Payload):
+class SaveReport(Tolerant):
     workflow_id: str
     markdown: str
 
 
-class SavedReport(_Payload):
+class SavedReport(Tolerant):
     path: str
 
 

@@ -1,4 +1,4 @@
-"""Input and output of the `sandbox.exec` activity, and the stable error types it raises.
+"""Input and output of the `sandbox.exec` activity (its error types are in common/errors.py).
 
 These objects are serialised into workflow history, so they evolve only by adding fields with defaults:
 an old history must replay and an old worker must still understand a newer request. For that reason
@@ -14,14 +14,6 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from pydantic import BaseModel, Field, field_validator
-
-# Stable `ApplicationError.type` values raised by the sandbox activity. Never rename one.
-ERR_ENGINE_UNAVAILABLE = "SandboxEngineUnavailable"  # retryable: the engine may come back
-ERR_IMAGE_MISSING = "SandboxImageMissing"  # non-retryable: someone must run `cairn sandbox build`
-ERR_INVALID_REQUEST = "SandboxInvalidRequest"  # non-retryable: the same request fails the same way
-ERR_INTERNAL = "SandboxInternalError"  # retryable: the sandbox machinery itself misbehaved
-# Non-retryable: the supervisor's report did not fit its schema or limits; a rerun would report the same.
-ERR_REPORT_INVALID = "SandboxReportInvalid"
 
 MAX_INPUT_FILES = 32
 MAX_INPUT_BYTES = 1024 * 1024  # code plus all input files, as UTF-8

@@ -23,14 +23,9 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
 
-from common.models import (
-    MAX_STEP_DESCRIPTION_CHARS,
-    MAX_STEP_TITLE_CHARS,
-    StepKind,
-    StructuredOutput,
-)
+from common.models import StepDescription, StepKind, StepTitle, StructuredOutput, Tolerant
 
 # Keywords a strict schema may not carry (OpenAI's structured outputs); pydantic still checks them.
 _NOT_PERMITTED = frozenset(
@@ -129,48 +124,25 @@ def validated(model: type[M], text: str) -> M:
 # Plans and reviews, as the planner writes them.
 
 
-class _Loose(BaseModel):
-    """What a model writes: unknown keys are dropped rather than refused (models add them freely)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-
-class DraftStep(_Loose):
-    title: str = Field(description="a short imperative title")
+class DraftStep(Tolerant):
+    title: StepTitle = Field(description="a short imperative title")
     kind: StepKind = Field(
         default="research",
         description="research, or code for a step that needs computation, data processing or charts",
     )
-    description: str = Field(default="", description="what to find out or compute")
-
-    @field_validator("title")
-    @classmethod
-    def _title_shape(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("a step title is empty")
-        if len(value) > MAX_STEP_TITLE_CHARS:
-            raise ValueError(f"a step title is longer than {MAX_STEP_TITLE_CHARS} characters")
-        return value
-
-    @field_validator("description")
-    @classmethod
-    def _description_shape(cls, value: str) -> str:
-        if len(value) > MAX_STEP_DESCRIPTION_CHARS:
-            raise ValueError(f"a step description is longer than {MAX_STEP_DESCRIPTION_CHARS} characters")
-        return value.strip()
+    description: StepDescription = Field(default="", description="what to find out or compute")
 
     @property
     def step_id(self) -> str | None:
         return getattr(self, "id", None)
 
 
-class PlanDraft(_Loose):
+class PlanDraft(Tolerant):
     rationale: str = Field(default="", max_length=MAX_RATIONALE_CHARS, description="why this plan")
     steps: list[DraftStep] = Field(min_length=1)
 
 
-class ReviewDraft(_Loose):
+class ReviewDraft(Tolerant):
     sufficient: bool = Field(description="true when the findings answer the question well enough")
     rationale: str = Field(default="", max_length=MAX_RATIONALE_CHARS)
     steps: list[DraftStep] = Field(default_factory=list, description="new steps; none when sufficient")
@@ -216,7 +188,7 @@ def review_model(max_steps: int, step_ids: tuple[str, ...] = ()) -> type[ReviewD
 # A research step's finding, as the researcher writes it.
 
 
-class DraftClaim(_Loose):
+class DraftClaim(Tolerant):
     text: str = Field(max_length=MAX_CLAIM_CHARS, description="one factual statement")
     sources: list[str] = Field(description="ids of the sources that support the claim")
 
@@ -229,7 +201,7 @@ class DraftClaim(_Loose):
         return value
 
 
-class FindingDraft(_Loose):
+class FindingDraft(Tolerant):
     summary: str = Field(
         max_length=MAX_SUMMARY_CHARS, description="the finding in a few sentences of markdown"
     )

@@ -15,9 +15,8 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from common.config import ConfigError, _float, _int
+from common.env import ConfigError, base_url, flag, number, positive, whole
 
 TAVILY = "tavily"
 SEARXNG = "searxng"
@@ -29,33 +28,6 @@ _ALIASES = {"ddg": DUCKDUCKGO, "ddgs": DUCKDUCKGO, "searx": SEARXNG}
 
 TAVILY_API_URL = "https://api.tavily.com"
 MAX_RESULTS_LIMIT = 20  # Tavily's own ceiling; more hits than this only fill the model's context.
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"", "0", "false", "no", "off"}
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ConfigError(f"{name}={env[name]!r} must be 1 or 0")
-
-
-def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{name} must be greater than 0, not {value}")
-
-
-def _base_url(env: Mapping[str, str], name: str) -> str | None:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return None
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{name}={raw!r} must be an http(s) URL such as https://search.example.org")
-    return raw.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -106,16 +78,16 @@ class SearchConfig:
             preference.append(name)
         config = SearchConfig(
             tavily_api_key=env.get("TAVILY_API_KEY") or None,
-            tavily_url=_base_url(env, "CAIRN_TAVILY_URL") or TAVILY_API_URL,
-            searxng_url=_base_url(env, "CAIRN_SEARXNG_URL"),
+            tavily_url=base_url(env, "CAIRN_TAVILY_URL") or TAVILY_API_URL,
+            searxng_url=base_url(env, "CAIRN_SEARXNG_URL"),
             # DuckDuckGo needs no key, so it would always be "configured": it is opt-in instead, by
             # CAIRN_DDG=1 or by naming it in CAIRN_SEARCH_BACKENDS.
-            duckduckgo=_flag(env, "CAIRN_DDG") or DUCKDUCKGO in preference,
+            duckduckgo=flag(env, "CAIRN_DDG") or DUCKDUCKGO in preference,
             ddg_proxy=env.get("CAIRN_DDG_PROXY") or None,
             ddg_ca_bundle=env.get("CAIRN_DDG_CA_BUNDLE") or None,
             preference=tuple(preference),
-            max_results=_int(env, "CAIRN_SEARCH_MAX_RESULTS", 5),
-            timeout_seconds=_float(env, "CAIRN_SEARCH_TIMEOUT_SECONDS", 15.0),
+            max_results=whole(env, "CAIRN_SEARCH_MAX_RESULTS", 5),
+            timeout_seconds=number(env, "CAIRN_SEARCH_TIMEOUT_SECONDS", 15.0),
         )
         # A backend asked for by name but not configured is a mistake to report at start-up, not a
         # backend to skip quietly.
@@ -127,7 +99,7 @@ class SearchConfig:
             raise ConfigError(
                 f"CAIRN_SEARCH_MAX_RESULTS must be between 1 and {MAX_RESULTS_LIMIT}, not {config.max_results}"
             )
-        _positive("CAIRN_SEARCH_TIMEOUT_SECONDS", config.timeout_seconds)
+        positive("CAIRN_SEARCH_TIMEOUT_SECONDS", config.timeout_seconds)
         return config
 
 
@@ -167,14 +139,14 @@ class FetchConfig:
     def from_env(env: Mapping[str, str] | None = None) -> FetchConfig:
         env = os.environ if env is None else env
         config = FetchConfig(
-            max_bytes=_int(env, "CAIRN_FETCH_MAX_BYTES", 5 * 1024 * 1024),
-            timeout_seconds=_float(env, "CAIRN_FETCH_TIMEOUT_SECONDS", 20.0),
-            max_chars=_int(env, "CAIRN_FETCH_MAX_CHARS", 400_000),
-            allow_private=_flag(env, "CAIRN_FETCH_ALLOW_PRIVATE"),
+            max_bytes=whole(env, "CAIRN_FETCH_MAX_BYTES", 5 * 1024 * 1024),
+            timeout_seconds=number(env, "CAIRN_FETCH_TIMEOUT_SECONDS", 20.0),
+            max_chars=whole(env, "CAIRN_FETCH_MAX_CHARS", 400_000),
+            allow_private=flag(env, "CAIRN_FETCH_ALLOW_PRIVATE"),
             allow_hosts=parse_allow_hosts(env.get("CAIRN_FETCH_ALLOW_HOSTS") or ""),
             ca_bundle=env.get("CAIRN_FETCH_CA_BUNDLE") or None,
         )
-        _positive("CAIRN_FETCH_MAX_BYTES", config.max_bytes)
-        _positive("CAIRN_FETCH_TIMEOUT_SECONDS", config.timeout_seconds)
-        _positive("CAIRN_FETCH_MAX_CHARS", config.max_chars)
+        positive("CAIRN_FETCH_MAX_BYTES", config.max_bytes)
+        positive("CAIRN_FETCH_TIMEOUT_SECONDS", config.timeout_seconds)
+        positive("CAIRN_FETCH_MAX_CHARS", config.max_chars)
         return config

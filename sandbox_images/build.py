@@ -273,16 +273,25 @@ def ensure_image(force: bool = False, tag: str = SANDBOX_IMAGE) -> str:
     return tag
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sandbox_images.build", description=__doc__)
-    parser.add_argument("--force", action="store_true", help="rebuild even if the tag exists")
-    args = parser.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The build's options, shared by `python -m sandbox_images.build` and `cairn sandbox build`."""
+    parser.add_argument("--force", action="store_true", help="rebuild even if the image exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    """The one build entry point behind both commands; returns the process exit code."""
     try:
         ensure_image(force=args.force)
     except BuildError as err:
         print(f"[sandbox build] ERROR: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sandbox_images.build", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ promise, and only a test that breaks things at random proves it. `run_scenario` 
 on a dev server and a worker process of their own, against the scripted LLM; in chaos mode it
 SIGKILLs the worker at seeded random moments and starts a new one, kills the dev server once and
 restarts it on the same database file, and fails a share of LLM requests (429 with Retry-After, 500, a
-timeout, malformed JSON: testkit/chaos_faults.py). `Outcome` then holds the evidence: the reports,
-every LLM request and what it got, the runs' histories, the kills and restarts, and the sandbox
-containers left behind; testkit/chaos_checks.py turns it into verdicts and figures. tests/test_chaos.py
+timeout, malformed JSON: testkit/chaos_faults.py). The `Outcome` it returns (testkit/chaos_evidence.py)
+holds the evidence: the reports, every LLM request and what it got, the runs' histories (read by
+testkit/chaos_history.py), the kills and restarts, and the sandbox containers left behind;
+testkit/chaos_checks.py turns it into verdicts and figures. tests/test_chaos.py
 runs a short scenario, bench/chaos.py a long one; each compares against a clean run of the same
 questions.
 
@@ -19,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -40,11 +38,13 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from client.api import CairnClient
-from client.connection import connect, data_converter
 from common.config import TemporalConfig
 from common.models import ResearchResult
-from testkit.chaos_checks import Trace, Waiting, trace_run, waiting_on
-from testkit.chaos_faults import FaultInjector, Served
+from common.plugin import connect, data_converter
+from testkit import processes
+from testkit.chaos_evidence import Outcome, Restart
+from testkit.chaos_faults import FaultInjector
+from testkit.chaos_history import Waiting, trace_run, waiting_on
 from testkit.dev_server import DevServer
 from testkit.research_site import ResearchSite
 from testkit.scripted_llm import ScriptedLLM
@@ -108,9 +108,7 @@ class WorkerProcess:
         """SIGKILL the worker's process group; returns when it was killed."""
         assert self.process is not None
         killed_at = time.time()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        processes.kill(self.process, group=True)
         return killed_at
 
     def stop(self, seconds: float = 30.0) -> int | None:
@@ -118,13 +116,7 @@ class WorkerProcess:
         code, or None when it had to be killed after `seconds`."""
         if self.process is None:
             return None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
+        return processes.stop(self.process, seconds, group=True)
 
 
 async def wait_polling(client: Client, task_queue: str, identity_prefix: str, seconds: float = 60) -> float:
@@ -148,7 +140,7 @@ def sandbox_containers(pids: Iterable[int]) -> list[str]:
     """Sandbox containers (running or not) created by any of these worker processes on this host."""
     import docker
 
-    from activities.sandbox_engine import LABEL, LABEL_OWNER
+    from activities.sandbox.engine import LABEL, LABEL_OWNER
 
     host = socket.gethostname()
     owners = {str(pid) for pid in pids}
@@ -206,23 +198,6 @@ class Chaos:
 
 
 @dataclass
-class Restart:
-    kind: str  # "worker" or "server"
-    killed_at: float
-    spawned_at: float  # the new process started
-    ready_at: float  # the new worker polls / the restarted server answers
-    pid: int = 0  # the new worker's pid
-    identity_prefix: str = ""
-    exited_by_itself: int | None = None  # the killed worker had already exited, with this code
-    # What each open run (and its open children) had pending when the new worker began to poll: a run
-    # whose only pending work was waiting out retry backoff is due when that ends (chaos_checks.due_at).
-    waiting: dict[str, list[Waiting]] = field(default_factory=dict)
-    # Runs that had not moved a few seconds after the new worker polled, looked at again every second
-    # until they moved: the evidence for a run that stood still.
-    stalls: list[Waiting] = field(default_factory=list)
-
-
-@dataclass
 class Settings:
     latency: float = 0.05  # the scripted LLM's per-call latency
     llm_timeout: float = 3.0  # CAIRN_LLM_TIMEOUT of the worker; a "timeout" fault sleeps 1 s longer
@@ -231,40 +206,6 @@ class Settings:
     # Extra dev-server arguments, e.g. ["--dynamic-config-value", 'history.defaultWorkflowTaskTimeout="5s"']
     # to try a shorter workflow task timeout than the server's default of 10 s.
     server_args: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Outcome:
-    """Everything a scenario leaves to check, in plain data."""
-
-    label: str
-    results: dict[str, ResearchResult | None]
-    statuses: dict[str, str]
-    errors: dict[str, str]
-    served: list[Served]
-    traces: dict[str, Trace]
-    restarts: list[Restart]
-    started_at: float
-    ended_at: float
-    containers_left: list[str]
-    worker_pids: list[int]
-    worker_exit_code: int | None
-    worker_log: Path
-    questions: dict[str, str] = field(default_factory=dict)  # workflow id -> research question
-
-    @property
-    def wall_seconds(self) -> float:
-        return self.ended_at - self.started_at
-
-    @property
-    def reports(self) -> dict[str, str | None]:
-        return {wid: (r.report if r else None) for wid, r in self.results.items()}
-
-    def save(self, path: Path) -> None:
-        """Everything but the results' pydantic objects (their reports are kept), as JSON."""
-        data = {k: v for k, v in dataclasses.asdict(self).items() if k != "results"}
-        data["reports"] = self.reports
-        path.write_text(json.dumps(data, indent=1, default=str))
 
 
 async def run_scenario(

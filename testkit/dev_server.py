@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.embedded import EmbeddedError, dev_server_command, port_open, wait_healthy
+from testkit import processes
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -26,8 +27,8 @@ def _ephemeral_range() -> tuple[int, int]:
 
 def free_port() -> int:
     """A free loopback port from *below* the kernel's ephemeral range. A port the kernel hands out
-    (bind to 0) is free only until someone else binds 0 too: the dev server does exactly that for its
-    internal services while it starts, and once took the frontend port it was told to use."""
+    (bind to 0) is free only until someone else binds 0 too, and the dev server does exactly that for
+    its internal services while it starts: one of them could take the frontend port it was told to use."""
     low, _ = _ephemeral_range()
     for _ in range(200):
         port = random.randint(10000, max(10001, low - 1))
@@ -87,14 +88,9 @@ class DevServer:
         if self._process is None:
             return
         if kill:
-            self._process.kill()
+            processes.kill(self._process)
         else:
-            self._process.terminate()
-        try:
-            self._process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+            processes.stop(self._process, 20)
         self._process = None
 
     def restart(self, kill: bool = True) -> None:

@@ -1,11 +1,13 @@
 """A threaded HTTP server on 127.0.0.1 that the test fakes of real services share (the scripted LLM,
-the OTLP receiver). Loopback only: a test server must never listen on an outside address."""
+the OTLP receiver, the research site, the web fixtures), and the request handler they all build on.
+Loopback only: a test server must never listen on an outside address."""
 
 from __future__ import annotations
 
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -15,6 +17,30 @@ class _QuietServer(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], ConnectionError):
             return
         super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """The base of every fake's request handler: no access log (tests read what a fake recorded, not
+    stderr), and a client that hangs up (a killed worker, a timeout, a size cap) ends its connection
+    quietly, on any server, since that is what these tests make clients do."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def send_body(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        """One whole answer: the status, `headers` in order, a Content-Length, then `body`."""
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 class LoopbackServer:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -19,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from testkit.loopback import LoopbackServer
+from testkit.loopback import LoopbackServer, QuietHandler
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class OTLPReceiver:
     def start(self) -> OTLPReceiver:
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if self.headers.get("Content-Encoding") == "gzip":
@@ -74,14 +73,7 @@ class OTLPReceiver:
                 request.ParseFromString(body)
                 receiver._add(request)
                 reply = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+                self.send_body(200, {"Content-Type": "application/x-protobuf"}, reply)
 
         self._http.serve(Handler, name="otlp-receiver")
         return self

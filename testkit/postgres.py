@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psycopg
 
+from testkit import processes
 from testkit.dev_server import free_port
 
 DATABASE = "cairn_test"
@@ -152,11 +153,7 @@ class PostgresServer:
             bin_dir = _bin_dir()
             pg_ctl = [str(bin_dir / "pg_ctl"), "stop", "-D", str(self._dir / "data"), "-m", "fast", "-w"]
             subprocess.run([*self._prefix, *pg_ctl], capture_output=True, check=False)
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            processes.wait_or_kill(self._process, 30)
             self._process = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)

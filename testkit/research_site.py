@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from testkit.loopback import LoopbackServer
+from testkit.loopback import LoopbackServer, QuietHandler
 
 PAGES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "pages"
 LONG_PAGES = ("long-battery-ageing.html", "long-herring-fishery.html", "long-roman-roads.html")
@@ -76,11 +75,8 @@ class ResearchSite:
     def start(self) -> ResearchSite:
         site = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
             def do_GET(self) -> None:
                 with site._lock:
@@ -98,20 +94,14 @@ class ResearchSite:
                         "suggestions": [],
                         "unresponsive_engines": [],
                     }
-                    self._send(200, "application/json", json.dumps(body).encode())
+                    self.send_body(200, {"Content-Type": "application/json"}, json.dumps(body).encode())
                     return
                 found = re.fullmatch(r"/article/(\d+)", parts.path)
                 if found:
-                    self._send(200, "text/html; charset=utf-8", site.article(int(found.group(1))).encode())
+                    page = site.article(int(found.group(1))).encode()
+                    self.send_body(200, {"Content-Type": "text/html; charset=utf-8"}, page)
                     return
-                self._send(404, "text/plain", b"not found")
-
-            def _send(self, status: int, kind: str, data: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_body(404, {"Content-Type": "text/plain"}, b"not found")
 
         self._http.serve(Handler, name="research-site")
         return self

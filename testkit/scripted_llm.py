@@ -39,11 +39,11 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from testkit.loopback import LoopbackServer
+from testkit import processes
+from testkit.loopback import LoopbackServer, QuietHandler
 
 Reply = Callable[[list[dict[str, str]]], str]
 _REASONING_MODEL = re.compile(r"^(?:[\w.-]+/)?(?:o\d|gpt-5)", re.IGNORECASE)
@@ -724,24 +724,16 @@ def _error(status: int, message: str, code: Any = None, param: str | None = None
     }
 
 
-def _handler_for(llm: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler_for(llm: ScriptedLLM) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def setup(self) -> None:
             super().setup()
-            # Headers and body go out in two writes; without TCP_NODELAY, Nagle's algorithm and the
-            # client's delayed ACK hold the body back ~40 ms, which is the server's fault, not Cairn's.
+            # Headers and body go out in two writes: TCP_NODELAY sends the body at once instead of
+            # holding it for the client's delayed ACK (Nagle's algorithm), a wait that is the server's
+            # and must not count as Cairn's.
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # Tests read the recorded requests, not stderr.
-
-        def handle(self) -> None:
-            try:
-                super().handle()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # The client went away (a killed worker, a timeout): nothing to answer.
 
         def do_GET(self) -> None:
             path = self.path.rstrip("/")
@@ -774,14 +766,9 @@ def _handler_for(llm: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
             self._send(*llm.respond(body, self.headers.get("Authorization", "")))
 
         def _send(self, status: int, headers: dict[str, str], payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_body(
+                status, {"Content-Type": "application/json", **headers}, json.dumps(payload).encode()
+            )
 
     return Handler
 
@@ -828,12 +815,7 @@ class ScriptedLLMProcess:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            processes.stop(self.process, 10)
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from testkit.loopback import LoopbackServer
+from testkit.loopback import LoopbackServer, QuietHandler
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 PAGES = FIXTURES / "pages"
@@ -92,9 +92,7 @@ class WebFixtures:
         """Serve the same routes over HTTPS as well, as `host`, with a certificate from a throwaway CA;
         sets `https_url` and returns the CA file a client must trust."""
         self._tls_dir = tempfile.TemporaryDirectory(prefix="cairn-tls-")
-        ca, cert, key = make_ca(Path(self._tls_dir.name), host)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
+        ca, context = server_context(Path(self._tls_dir.name), host)
         self._tls = _TLSServer(context, _handler_for(self))
         threading.Thread(target=self._tls.serve_forever, daemon=True, name="web-fixtures-tls").start()
         self.https_url = f"https://{host}:{self._tls.server_address[1]}"
@@ -255,17 +253,8 @@ def _searxng(mode: str, query: dict[str, str], fixtures: WebFixtures) -> Answer:
 
 
 def _handler_for(fixtures: WebFixtures) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def handle(self) -> None:
-            try:
-                super().handle()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # The client hung up without reading everything (a cap, an error status): fine.
 
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
@@ -295,12 +284,7 @@ def _handler_for(fixtures: WebFixtures) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
             try:
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_body(status, headers, body)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # The client gave up (a size cap, a timeout): that is what the test wanted.
 
@@ -358,6 +342,15 @@ def make_ca(directory: Path, host: str) -> tuple[Path, Path, Path]:
     return ca, cert, key
 
 
+def server_context(directory: Path, host: str) -> tuple[Path, ssl.SSLContext]:
+    """A TLS server context for `host`, its certificate signed by a throwaway CA made in `directory`;
+    and the CA file, which a client must trust."""
+    ca, cert, key = make_ca(directory, host)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return ca, context
+
+
 @dataclass
 class DuckDuckGoRecording:
     """An HTTPS proxy on loopback that answers for html.duckduckgo.com with a recorded results page.
@@ -373,9 +366,7 @@ class DuckDuckGoRecording:
 
     def start(self) -> DuckDuckGoRecording:
         self._dir = tempfile.TemporaryDirectory(prefix="cairn-ddg-")
-        ca, cert, key = make_ca(Path(self._dir.name), DDG_HOST)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
+        ca, context = server_context(Path(self._dir.name), DDG_HOST)
         context.set_alpn_protocols(["http/1.1"])
         self.ca_file = str(ca)
         self._http.serve(_proxy_handler_for(self, context), name="ddg-recording")
@@ -407,11 +398,8 @@ class DuckDuckGoRecording:
 def _proxy_handler_for(
     recording: DuckDuckGoRecording, context: ssl.SSLContext
 ) -> type[BaseHTTPRequestHandler]:
-    class Proxy(BaseHTTPRequestHandler):
+    class Proxy(QuietHandler):
         protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
 
         def do_CONNECT(self) -> None:
             if self.path.split(":")[0] != DDG_HOST:
@@ -434,12 +422,7 @@ def _proxy_handler_for(
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             recording.requests.append(Seen("POST", self.path, dict(self.headers), body))
             status, headers, page = recording.answer() if self.path.startswith("/html") else (404, {}, b"")
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
+            self.send_body(status, headers, page)
 
     return Proxy
 

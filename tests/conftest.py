@@ -13,8 +13,8 @@ import pytest
 from temporalio.client import Client
 
 from client.api import CairnClient
-from client.connection import connect, data_converter
 from common.config import LLMConfig, TemporalConfig
+from common.plugin import connect
 from testkit.dev_server import DevServer
 from testkit.scripted_llm import ScriptedLLM
 from worker import build_worker
@@ -47,7 +47,7 @@ def payload_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 async def temporal_client(dev_server: DevServer, payload_dir: Path) -> Client:
     return await connect(
         TemporalConfig.from_env({"TEMPORAL_ADDRESS": dev_server.address}),
-        data_converter=data_converter({"CAIRN_PAYLOAD_DIR": str(payload_dir)}),
+        env={"CAIRN_PAYLOAD_DIR": str(payload_dir)},
     )
 
 

@@ -14,8 +14,8 @@ import uuid
 from pathlib import Path
 
 from client.api import CairnClient
-from client.connection import connect, data_converter
 from common.config import LLMConfig, TemporalConfig
+from common.plugin import connect
 from common.web_config import FetchConfig, SearchConfig
 from testkit.dev_server import DevServer
 from testkit.research_site import ResearchSite
@@ -128,9 +128,9 @@ async def main(force: bool) -> None:
         site = ResearchSite(pages=("glacier-flow.html",)).start()  # Short pages: small histories.
         try:
             # Every payload inline: a committed history must replay without this machine's payload store.
-            converter = data_converter({"CAIRN_HOME": tmp, "CAIRN_PAYLOAD_THRESHOLD_BYTES": str(2**30)})
             client = await connect(
-                TemporalConfig.from_env({"TEMPORAL_ADDRESS": server.address}), data_converter=converter
+                TemporalConfig.from_env({"TEMPORAL_ADDRESS": server.address}),
+                env={"CAIRN_HOME": tmp, "CAIRN_PAYLOAD_THRESHOLD_BYTES": str(2**30)},
             )
             queue = f"record-{uuid.uuid4().hex[:8]}"
             config = LLMConfig(api_key="sk-recording", base_url=llm.base_url)

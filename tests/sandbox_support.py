@@ -2,7 +2,7 @@
 
 Why this exists: the sandbox's guarantees (limits, isolation, cleanup) only mean something against the
 real engine, so the session starts it (sandbox_images/engine.sh) and builds the image once if missing
-(which takes a few minutes the first time), instead of skipping. Registered through `pytest_plugins`.
+(a full offline build the first time), instead of skipping. Registered through `pytest_plugins`.
 
 Must never: skip a test because Docker is absent (fail loudly instead), or leave a container behind:
 `sandbox_runner` fails the test at teardown if any container of its engine is still there.
@@ -17,9 +17,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from activities.sandbox_config import SandboxConfig
-from activities.sandbox_engine import LABEL, LABEL_INSTANCE
-from activities.sandbox_runner import SandboxRunner
+from activities.sandbox.config import SandboxConfig
+from activities.sandbox.engine import LABEL, LABEL_INSTANCE
+from activities.sandbox.runner import SandboxRunner
 
 REPO = Path(__file__).resolve().parent.parent
 ENGINE_SH = REPO / "sandbox_images" / "engine.sh"

@@ -5,7 +5,7 @@ writes, no LLM call the server answered may run again unless a kill caught it in
 must take up every open run within 5 s of its first poll, and no sandbox container may be left.
 
 The short version, for CI (about 70 s here). The long one is `python -m bench.chaos`. The machinery
-is in testkit/chaos.py, chaos_faults.py and chaos_checks.py. This test needs the Docker engine and the
+is in testkit/chaos.py, chaos_evidence.py, chaos_faults.py, chaos_history.py and chaos_checks.py. This test needs the Docker engine and the
 sandbox image, which tests/sandbox_support.py provides (it fails, never skips, when they are missing).
 """
 
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from testkit.chaos import Chaos, Outcome, run_scenario, standard_runs
+from testkit.chaos import Chaos, run_scenario, standard_runs
 from testkit.chaos_checks import (
     PROGRESS_BOUND_SECONDS,
-    Waiting,
     due_at,
     figures,
     in_flight_at_kills,
@@ -29,13 +28,14 @@ from testkit.chaos_checks import (
     recoveries,
     repeats,
 )
+from testkit.chaos_evidence import Outcome
 from testkit.chaos_faults import FAULT_KINDS
+from testkit.chaos_history import Waiting
 from testkit.research_site import ResearchSite
 
-# With this seed, the three standard runs of three steps meet every kind of fault (worked out with
-# testkit.chaos_faults.choose_fault over the 52 requests of a clean run): 12 faults, among them 429s,
-# 500s, timeouts and malformed JSON, at the planner, reviewer, researcher, finding writer, coder and
-# reporter. A change to a prompt changes the requests, and so which seed does this.
+# The seed must make the three standard runs of three steps meet every kind of fault (429, 500, timeout,
+# malformed JSON) at every role; check it with testkit.chaos_faults.choose_fault over a clean run's
+# requests. A change to a prompt changes the requests, and so which seed does this.
 SEED = 3
 CHAOS = Chaos(worker_kills=3, server_kill=True, fault_rate=0.2, seed=SEED)
 

@@ -25,7 +25,7 @@ from pypdf import PdfReader
 from temporalio.exceptions import ApplicationError
 
 from activities.corpus import Corpus, PostgresCorpus, SQLiteCorpus, open_corpus
-from activities.documents import (
+from activities.corpus.documents import (
     MAX_BYTES,
     MAX_CHARS,
     MIN_CHARS,
@@ -34,7 +34,7 @@ from activities.documents import (
     read_document,
     split_passages,
 )
-from common.research_models import CorpusResults
+from common.tool_models import CorpusResults
 from testkit.dev_server import free_port
 from tests.conftest import CAIRN, cli_env
 from tests.helpers import run

@@ -14,11 +14,11 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 
 from client.api import CairnClient
-from client.connection import connect
 from client.embedded import temporal_binary
 from common.config import ConfigError, LLMConfig, ModelPrice, TemporalConfig, model_prices
 from common.models import Plan, PlanStep, Usage
 from common.names import LLM_CHAT
+from common.plugin import connect
 from testkit.dev_server import DevServer
 from testkit.scripted_llm import ScriptedLLM
 from tests.conftest import llm_config
@@ -111,9 +111,7 @@ def bare_server(tmp_path: Path) -> Iterator[DevServer]:
 async def test_a_server_without_the_search_attributes_still_runs(
     bare_server: DevServer, llm: ScriptedLLM, task_queue: str, tmp_path: Path
 ) -> None:
-    client = await connect(
-        TemporalConfig.from_env({"TEMPORAL_ADDRESS": bare_server.address}), interceptors=[]
-    )
+    client = await connect(TemporalConfig.from_env({"TEMPORAL_ADDRESS": bare_server.address}), tracing=None)
     async with build_worker(client, task_queue, llm_config(llm), home=tmp_path):
         cairn = CairnClient(client, task_queue)
         assert await cairn.registered_search_attributes() == set()

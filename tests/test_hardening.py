@@ -207,7 +207,7 @@ async def test_an_oversized_signal_is_refused_at_the_door(
     cairn: CairnClient, llm: ScriptedLLM, dev_server: DevServer
 ) -> None:
     """A plain Temporal client (no payload store) sending 1 MB: the server refuses it, nothing enters
-    history. Cairn's own clients never offload (client/payload_store.py), so they meet the same door."""
+    history. Cairn's own clients never offload (common/payload_store.py), so they meet the same door."""
     wid = await cairn.start("Flooded [steps=1]")
     await wait_for(cairn, wid, "awaiting_approval")
     before = len((await history(cairn, wid)).events)
@@ -231,12 +231,12 @@ async def small_history_server(tmp_path_factory: pytest.TempPathFactory):  # typ
 async def test_a_flood_while_awaiting_approval_hands_over_to_a_fresh_run(
     small_history_server: DevServer, llm: ScriptedLLM, task_queue: str, tmp_path: Path, payload_dir: Path
 ) -> None:
-    from client.connection import connect, data_converter
     from common.config import TemporalConfig
+    from common.plugin import connect
 
     client = await connect(
         TemporalConfig.from_env({"TEMPORAL_ADDRESS": small_history_server.address}),
-        data_converter=data_converter({"CAIRN_PAYLOAD_DIR": str(payload_dir)}),
+        env={"CAIRN_PAYLOAD_DIR": str(payload_dir)},
     )
     async with build_worker(client, task_queue, llm_config(llm), home=tmp_path):
         cairn = CairnClient(client, task_queue)

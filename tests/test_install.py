@@ -26,7 +26,10 @@ from tests.helpers import run
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-SHIPPED = [*PYPROJECT["tool"]["setuptools"]["packages"], *PYPROJECT["tool"]["setuptools"]["py-modules"]]
+SHIPPED = [
+    *(name.rstrip("*") for name in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]),
+    *PYPROJECT["tool"]["setuptools"]["py-modules"],
+]
 
 
 def shipped_files() -> list[Path]:
@@ -113,6 +116,15 @@ async def test_a_wheel_installed_without_the_lock_runs_a_research(
     shipped = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert "testkit" not in shipped and "tests" not in shipped
     assert {"activities", "client", "common", "workflows", "sandbox_images", "worker.py"} <= shipped
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for package in (
+        "activities/sandbox",
+        "activities/corpus",
+        "activities/researcher",
+        "workflows/researcher",
+    ):
+        assert f"{package}/__init__.py" in names, f"{package} is missing from the wheel"
+    assert "sandbox_images/bootstrap.py" in names
 
     venv = tmp_path / "venv"
     await run(sys.executable, "-m", "venv", str(venv))

@@ -9,8 +9,8 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from activities.llm import ERR_AUTH
 from client.api import CairnClient, CairnError
+from common import errors
 from common.config import LLMConfig
 from testkit.scripted_llm import ScriptedLLM
 from tests.conftest import SENTINEL_KEY, llm_config
@@ -51,7 +51,7 @@ async def test_bad_credentials_fail_fast_with_a_named_cause(
         failed = events_of(hist, EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED)
         assert len(failed) == 1
         failure = failed[0].activity_task_failed_event_attributes.failure
-        assert failure.application_failure_info.type == ERR_AUTH
+        assert failure.application_failure_info.type == errors.LLM_AUTH
         assert failure.application_failure_info.non_retryable
         status = await cairn.status(wid)
         assert status.phase == "failed" and "401" in (status.error or "")

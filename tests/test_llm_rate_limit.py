@@ -26,7 +26,6 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 
 from client.api import CairnClient
-from client.connection import connect
 from common.config import ConfigError, LLMLimits, TemporalConfig, worker_role
 from common.names import (
     LLM_CHAT,
@@ -37,6 +36,7 @@ from common.names import (
     RESEARCHER_TOOLS,
     llm_task_queue,
 )
+from common.plugin import connect
 from testkit.dev_server import DevServer
 from testkit.scripted_llm import ScriptedLLM
 from tests.conftest import llm_config

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from activities.sandbox import SandboxActivities
 from client.api import CairnClient
-from client.connection import connect
+from common import errors
 from common.config import LLMConfig, ModelPrice, TemporalConfig
 from common.names import (
     METRIC_LLM_CALLS,
@@ -18,6 +18,7 @@ from common.names import (
     METRIC_SANDBOX_RUNS,
     llm_task_queue,
 )
+from common.plugin import connect
 from testkit.dev_server import DevServer, free_port
 from testkit.scripted_llm import ScriptedLLM
 from tests.conftest import SENTINEL_KEY
@@ -41,7 +42,7 @@ async def test_counters_match_the_run(
     client = await connect(
         TemporalConfig.from_env({"TEMPORAL_ADDRESS": dev_server.address}),
         runtime=metrics_runtime(port),
-        interceptors=[],
+        tracing=None,
     )
     prices = {"gpt-4o-mini": ModelPrice(input=1.0, output=2.0)}
     config = LLMConfig(api_key=SENTINEL_KEY, base_url=llm.base_url, request_timeout_seconds=10, prices=prices)
@@ -64,7 +65,7 @@ async def test_counters_match_the_run(
     llm_queue = {"task_queue": llm_task_queue(task_queue)}
     ok_calls = total(samples, METRIC_LLM_CALLS, outcome="ok", **llm_queue)
     assert ok_calls == llm.calls(status=200) == result.usage.llm_calls == 5
-    assert total(samples, METRIC_LLM_CALLS, outcome="LLMServerError", role="reporter", **llm_queue) == 1
+    assert total(samples, METRIC_LLM_CALLS, outcome=errors.LLM_SERVER, role="reporter", **llm_queue) == 1
     assert total(samples, METRIC_LLM_CALLS, role="coder", model="gpt-4o-mini", **llm_queue) == 3
     assert total(samples, METRIC_LLM_INPUT_TOKENS, **llm_queue) == result.usage.input_tokens
     assert total(samples, METRIC_LLM_OUTPUT_TOKENS, **llm_queue) == result.usage.output_tokens

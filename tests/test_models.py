@@ -30,7 +30,7 @@ def test_a_newer_writers_payload_is_readable() -> None:
 def test_payload_converters_share_one_type_adapter_cache() -> None:
     """A payload converter built apart (the SDK's own contexts may build them) still shares Cairn's one
     cache of TypeAdapters, so a payload type's adapter is built once per process."""
-    from client.connection import TYPE_ADAPTERS, PayloadConverter
+    from common.plugin import TYPE_ADAPTERS, PayloadConverter
 
     first, second = PayloadConverter(), PayloadConverter()
     usage = Usage(llm_calls=2, input_tokens=7)
@@ -46,7 +46,7 @@ def test_data_converter_copies_share_their_converters() -> None:
     copies reuse the converters instead of building new ones, and still convert and store."""
     from temporalio.converter import StorageDriverStoreContext, WorkflowSerializationContext
 
-    from client.connection import data_converter
+    from common.plugin import data_converter
 
     converter = data_converter()
     context = WorkflowSerializationContext(namespace="default", workflow_id="w")

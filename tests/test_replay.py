@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from client import replay
 from common.models import ResearchResult
 from common.names import CODER_WORKFLOW, RESEARCH_WORKFLOW, RESEARCHER_WORKFLOW, STEP_WORKFLOW
+from common.plugin import CairnPlugin
+from workflows.legacy_step import StepWorkflow
 from workflows.research import ResearchWorkflow
-from workflows.step import StepWorkflow
 
 # The workflow sandbox re-imports this module (for _ChangedResearch below): it must import nothing
 # that does I/O at import time, such as tests.conftest.
@@ -36,7 +36,7 @@ def workflow_type(history: WorkflowHistory) -> str:
 
 
 def replayer(*workflows: type) -> Replayer:
-    return replay.replayer(pydantic_data_converter, *workflows)
+    return replay.replayer(CairnPlugin(offload=False), *workflows)
 
 
 def test_every_workflow_type_has_committed_histories() -> None:

@@ -16,7 +16,6 @@ from temporalio.client import Client
 
 from activities.corpus import Corpus, PostgresCorpus, SQLiteCorpus
 from client.api import CairnClient
-from client.connection import connect, data_converter
 from common.config import TemporalConfig
 from common.models import Finding, ResearchResult
 from common.names import (
@@ -27,6 +26,7 @@ from common.names import (
     TOOL_RECALL,
     TOOL_WEB_SEARCH,
 )
+from common.plugin import connect
 from common.web_config import FetchConfig, SearchConfig
 from testkit.dev_server import DevServer
 from testkit.research_site import ResearchSite, marker
@@ -35,7 +35,7 @@ from tests.conftest import llm_config
 from tests.helpers import events_of, history, scheduled_activities
 from worker import build_worker
 from workflows.reporting import cited_numbers
-from workflows.researcher_memory import message_tokens
+from workflows.researcher.memory import message_tokens
 
 MODEL, FINDING = (f"researcher.{n}" for n in ("model", "finding"))
 SEARCH, FETCH, CORPUS, RECALL = (
@@ -266,9 +266,7 @@ async def test_postgres_holds_the_corpus_the_archive_and_the_payloads(
     postgres_dsn: str,
 ) -> None:
     env = {"DATABASE_URL": postgres_dsn, "CAIRN_HOME": str(tmp_path)}
-    client = await connect(
-        TemporalConfig.from_env({"TEMPORAL_ADDRESS": dev_server.address}), data_converter=data_converter(env)
-    )
+    client = await connect(TemporalConfig.from_env({"TEMPORAL_ADDRESS": dev_server.address}), env=env)
     corpus = PostgresCorpus(postgres_dsn)
     async with web_worker(client, llm, task_queue, tmp_path, site, corpus):
         cairn = CairnClient(client, task_queue)
@@ -285,7 +283,7 @@ async def test_postgres_holds_the_corpus_the_archive_and_the_payloads(
 
 
 def test_findings_must_cite_known_sources() -> None:
-    from activities.researcher import parse_finding
+    from activities.researcher.finding import parse_finding
 
     ok = parse_finding('{"summary": "s", "claims": [{"text": "t", "sources": ["S1"]}]}', ["S1"])
     assert ok == {"summary": "s", "claims": [{"text": "t", "source_ids": ["S1"]}]}
@@ -307,7 +305,7 @@ def test_each_graph_is_compiled_once_and_shared_across_threads() -> None:
 
     from langgraph.graph import END, START, StateGraph
 
-    from workflows.researcher_graph import compiled
+    from workflows.researcher.graph import compiled
 
     class State(TypedDict):
         n: int

@@ -18,8 +18,8 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
 
 from activities.sandbox import SandboxActivities
-from activities.sandbox_config import SandboxConfig
-from activities.sandbox_engine import (
+from activities.sandbox.config import SandboxConfig
+from activities.sandbox.engine import (
     LABEL,
     LABEL_ACTIVITY,
     LABEL_OWNER,
@@ -29,9 +29,10 @@ from activities.sandbox_engine import (
     owner_identity,
     parse_report,
 )
-from activities.sandbox_runner import store_artifacts
+from activities.sandbox.runner import store_artifacts
+from common import errors
 from common.names import SANDBOX_EXEC
-from common.sandbox_models import ERR_IMAGE_MISSING, ERR_REPORT_INVALID, ExecRequest, ExecResult
+from common.sandbox_models import ExecRequest, ExecResult
 from tests.sandbox_support import REPO, containers_of, sandbox_test_config
 
 
@@ -89,7 +90,7 @@ async def test_missing_image_is_non_retryable(sandbox_image: str, tmp_path: Path
     try:
         with pytest.raises(ApplicationError) as info:
             await ActivityEnvironment().run(acts.exec, ExecRequest(code="print(1)"))
-        assert info.value.type == ERR_IMAGE_MISSING
+        assert info.value.type == errors.SANDBOX_IMAGE_MISSING
         assert info.value.non_retryable
         assert "cairn sandbox build" in str(info.value)
     finally:
@@ -245,7 +246,7 @@ def test_a_malformed_report_is_a_typed_non_retryable_error(case: str) -> None:
     line, problem = _MALFORMED[case]
     with pytest.raises(ApplicationError) as info:
         parse_report(line, _CFG)
-    assert info.value.type == ERR_REPORT_INVALID and info.value.non_retryable
+    assert info.value.type == errors.SANDBOX_REPORT_INVALID and info.value.non_retryable
     message = info.value.message
     assert message.startswith("sandbox report invalid") and problem in message, message
     assert len(message) <= 1000

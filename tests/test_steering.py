@@ -14,8 +14,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from client.api import CairnClient, CairnError
-from client.connection import connect
 from common.config import ModelPrice, TemporalConfig
+from common.plugin import connect
 from testkit.dev_server import DevServer
 from testkit.scripted_llm import ScriptedLLM
 from tests.conftest import llm_config

@@ -18,6 +18,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from client.api import CairnClient, CairnError
+from common import errors
 from common.config import LLMConfig
 from common.names import LLM_CHAT
 from common.structured import finding_model, plan_model, review_model, strict_json_schema
@@ -217,7 +218,8 @@ async def test_broken_tool_arguments_come_back_to_the_model_as_a_typed_error(
     assert answered and all("tool error (ToolBadArguments)" in m["content"] for m in answered)
     # The model saw why, asked again properly, and the step finished.
     assert (
-        turns[2].messages[-1]["role"] == "tool" and "ToolBadArguments" not in turns[2].messages[-1]["content"]
+        turns[2].messages[-1]["role"] == "tool"
+        and errors.TOOL_BAD_ARGUMENTS not in turns[2].messages[-1]["content"]
     )
     assert result.plan is not None and result.plan.steps[0].status == "done"
 

@@ -16,9 +16,9 @@ import pytest
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from client.api import CairnClient
-from client.connection import connect
 from common.config import LLMConfig, ModelPrice, TemporalConfig
-from common.telemetry import enabled, tracing_from_env
+from common.plugin import connect
+from common.tracing import enabled, tracing_from_env
 from testkit.dev_server import DevServer, free_port
 from testkit.otlp_receiver import OTLPReceiver, ReceivedSpan
 from testkit.scripted_llm import ScriptedLLM
@@ -85,13 +85,13 @@ async def test_one_trace_per_run_with_genai_spans_and_no_replay_duplicates(
 ) -> None:
     tracing = tracing_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
     assert tracing is not None
-    client = await connect(
-        TemporalConfig.from_env({"TEMPORAL_ADDRESS": dev_server.address}), interceptors=[tracing.interceptor]
-    )
+    client = await connect(TemporalConfig.from_env({"TEMPORAL_ADDRESS": dev_server.address}), tracing=tracing)
     config = LLMConfig(api_key=SENTINEL_KEY, base_url=llm.base_url, request_timeout_seconds=10, prices=PRICES)
     # No workflow cache: every workflow task replays the run from its first event, so any span made
     # during replay would show up here as a duplicate.
-    async with build_worker(client, task_queue, config, home=tmp_path, max_cached_workflows=0):
+    async with build_worker(
+        client, task_queue, config, home=tmp_path, max_cached_workflows=0, tracer=tracing.tracer
+    ):
         cairn = CairnClient(client, task_queue)
         wid = await cairn.start("Traced question [steps=2]", auto_approve=True, max_plan_iterations=0)
         result = await cairn.result(wid)
@@ -212,12 +212,10 @@ async def test_a_run_started_with_the_temporal_cli_is_one_trace(
 
     tracing = tracing_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
     assert tracing is not None
-    client = await connect(
-        TemporalConfig.from_env({"TEMPORAL_ADDRESS": dev_server.address}), interceptors=[tracing.interceptor]
-    )
+    client = await connect(TemporalConfig.from_env({"TEMPORAL_ADDRESS": dev_server.address}), tracing=tracing)
     config = LLMConfig(api_key=SENTINEL_KEY, base_url=llm.base_url, request_timeout_seconds=10)
     wid = f"cli-traced-{task_queue}"
-    async with build_worker(client, task_queue, config, home=tmp_path):
+    async with build_worker(client, task_queue, config, home=tmp_path, tracer=tracing.tracer):
         await run(
             temporal_binary(),
             "workflow",

@@ -28,8 +28,9 @@ from temporalio.exceptions import ApplicationError
 from activities.fetch import PageFetcher, address_problem
 from activities.telemetry import ERROR_TYPE, Telemetry
 from activities.web_search import WebSearch, normalize_hits
+from common import errors
 from common.config import ConfigError
-from common.research_models import FetchedPage
+from common.tool_models import FetchedPage
 from common.version import __version__
 from common.web_config import FetchConfig, SearchConfig, parse_allow_hosts
 from testkit.web_fixtures import LONG_ARTICLES, PAGES, TAVILY_KEY, DuckDuckGoRecording, WebFixtures, load_json
@@ -104,13 +105,13 @@ async def test_redirects_are_followed_and_bounded(web: WebFixtures) -> None:
     page = await PageFetcher(OPEN).fetch(web.url_for("redirect-chain/3"))
     assert page.final_url == web.url_for("glacier-flow") and "Glen's flow law" in page.text
     err = await failure(PageFetcher(OPEN).fetch(web.url_for("redirect-chain/6")))
-    assert err.type == "FetchTooManyRedirects" and err.non_retryable
+    assert err.type == errors.FETCH_TOO_MANY_REDIRECTS and err.non_retryable
 
 
 async def test_loopback_is_refused_by_default_and_says_which_setting_allows_it(web: WebFixtures) -> None:
     before = len(web.seen("/pages/glacier-flow.html"))
     err = await failure(PageFetcher(FetchConfig()).fetch(web.url_for("glacier-flow")))
-    assert err.type == "FetchRefused" and err.non_retryable
+    assert err.type == errors.FETCH_REFUSED and err.non_retryable
     assert (
         "127.0.0.1" in err.message
         and "loopback" in err.message
@@ -139,19 +140,19 @@ async def test_https_is_verified_against_the_host_name_not_the_address(web: WebF
     page = await PageFetcher(config).fetch(url)
     assert page.final_url == url and "Glen's flow law" in page.text
     err = await failure(PageFetcher(FetchConfig(allow_hosts=parse_allow_hosts("localhost"))).fetch(url))
-    assert err.type == "FetchTLSFailed" and err.non_retryable
+    assert err.type == errors.FETCH_TLS and err.non_retryable
     # The certificate is for localhost, so the bare address does not verify either.
     err = await failure(
         PageFetcher(replace(config, allow_private=True)).fetch(url.replace("localhost", "127.0.0.1"))
     )
-    assert err.type == "FetchTLSFailed"
+    assert err.type == errors.FETCH_TLS
 
 
 async def test_a_redirect_to_a_private_address_is_refused(web: WebFixtures) -> None:
     # The first hop is allowed by name; the second (cloud metadata) is checked again and refused.
     fetcher = PageFetcher(FetchConfig(allow_hosts=parse_allow_hosts("127.0.0.1")))
     err = await failure(fetcher.fetch(web.url_for("redirect-to-metadata")))
-    assert err.type == "FetchRefused" and err.non_retryable
+    assert err.type == errors.FETCH_REFUSED and err.non_retryable
     assert "169.254.169.254" in err.message and "link-local" in err.message
 
 
@@ -160,7 +161,7 @@ async def test_a_redirect_to_a_private_address_is_refused(web: WebFixtures) -> N
 )
 async def test_only_http_and_https_are_fetched(url: str) -> None:
     err = await failure(PageFetcher(OPEN).fetch(url))
-    assert err.type == "FetchRefused" and err.non_retryable
+    assert err.type == errors.FETCH_REFUSED and err.non_retryable
 
 
 @pytest.mark.parametrize(
@@ -204,7 +205,7 @@ async def test_a_slow_page_times_out_as_a_retryable_failure(web: WebFixtures) ->
     err = await failure(
         PageFetcher(FetchConfig(allow_private=True, timeout_seconds=0.5)).fetch(web.url_for("slow?seconds=5"))
     )
-    assert err.type == "FetchTimeout" and not err.non_retryable
+    assert err.type == errors.FETCH_TIMEOUT and not err.non_retryable
     assert time.monotonic() - started < 2
 
 
@@ -213,18 +214,18 @@ async def test_a_slow_page_times_out_as_a_retryable_failure(web: WebFixtures) ->
 )
 async def test_binary_content_is_refused_by_type(web: WebFixtures, route: str, media_type: str) -> None:
     err = await failure(PageFetcher(OPEN).fetch(web.url_for(route)))
-    assert err.type == "FetchUnsupportedType" and err.non_retryable and media_type in err.message
+    assert err.type == errors.FETCH_UNSUPPORTED_TYPE and err.non_retryable and media_type in err.message
 
 
 @pytest.mark.parametrize(
     ("status", "kind", "retryable", "delay"),
     [
-        (404, "FetchHTTPError", False, None),
-        (410, "FetchHTTPError", False, None),
-        (403, "FetchHTTPError", False, None),
-        (429, "FetchRateLimited", True, timedelta(seconds=7)),
-        (500, "FetchHTTPError", True, None),
-        (503, "FetchHTTPError", True, timedelta(seconds=7)),
+        (404, errors.FETCH_HTTP, False, None),
+        (410, errors.FETCH_HTTP, False, None),
+        (403, errors.FETCH_HTTP, False, None),
+        (429, errors.FETCH_RATE_LIMITED, True, timedelta(seconds=7)),
+        (500, errors.FETCH_HTTP, True, None),
+        (503, errors.FETCH_HTTP, True, timedelta(seconds=7)),
     ],
 )
 async def test_http_statuses(
@@ -240,7 +241,7 @@ async def test_a_refused_connection_is_retryable() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     err = await failure(PageFetcher(OPEN).fetch(f"http://127.0.0.1:{port}/"))
-    assert err.type == "FetchUnavailable" and not err.non_retryable
+    assert err.type == errors.FETCH_UNAVAILABLE and not err.non_retryable
 
 
 async def test_charset_comes_from_the_meta_tag_when_the_header_has_none(web: WebFixtures) -> None:
@@ -264,7 +265,7 @@ async def test_a_page_trafilatura_cannot_read_falls_back_to_its_visible_text(web
 
 async def test_a_page_without_text_is_an_error_not_an_empty_page(web: WebFixtures) -> None:
     err = await failure(PageFetcher(OPEN).fetch(web.url_for("empty")))
-    assert err.type == "FetchEmpty" and err.non_retryable
+    assert err.type == errors.FETCH_EMPTY and err.non_retryable
 
 
 # -- fetch_url against hostile servers ------------------------------------------------------------
@@ -333,7 +334,7 @@ async def test_a_bomb_that_unfolds_into_nothing_is_stopped_by_the_time_cap(web: 
     url = web.script(hollow(256 * MiB), {"Content-Type": "text/plain", "Content-Encoding": "gzip, gzip"})
     started = time.monotonic()
     err, peak = await fetch_measured(PageFetcher(replace(CAPPED, timeout_seconds=0.2)), url)
-    assert isinstance(err, ApplicationError) and err.type == "FetchTimeout", err
+    assert isinstance(err, ApplicationError) and err.type == errors.FETCH_TIMEOUT, err
     assert time.monotonic() - started < 2 and peak < MEMORY_BOUND
 
 
@@ -344,7 +345,7 @@ async def test_an_encoding_we_do_not_decode_is_refused_before_the_body_is_read(
     url = web.script(squeezed(256 * MiB, 31), {"Content-Type": "text/plain", "Content-Encoding": coding})
     err, peak = await fetch_measured(PageFetcher(CAPPED), url)
     assert isinstance(err, ApplicationError), err
-    assert err.type == "FetchUnsupportedEncoding" and err.non_retryable and coding in err.message
+    assert err.type == errors.FETCH_UNSUPPORTED_ENCODING and err.non_retryable and coding in err.message
     assert peak < MEMORY_BOUND, f"{peak / MiB:.0f} MiB"
 
 
@@ -388,7 +389,7 @@ async def test_a_body_that_is_not_what_its_encoding_says_is_a_clear_error(
 ) -> None:
     url = web.script(body, {"Content-Type": "text/plain", "Content-Encoding": coding})
     err = await failure(PageFetcher(OPEN).fetch(url))
-    assert err.type == "FetchHTTPError" and err.non_retryable and "cannot be decoded" in err.message
+    assert err.type == errors.FETCH_HTTP and err.non_retryable and "cannot be decoded" in err.message
 
 
 ARTICLE = "<html><head>{meta}<title>Stake log</title></head><body><p>Stake 7 moved 31 cm.</p></body></html>"
@@ -421,7 +422,7 @@ async def test_only_a_text_encoding_of_the_web_may_decode_a_page(
             ARTICLE.format(meta=f'<meta charset="{charset}">').encode(), {"Content-Type": "text/html"}
         )
     err = await failure(PageFetcher(OPEN).fetch(url))
-    assert err.type == "FetchUnsupportedCharset" and err.non_retryable and charset in err.message
+    assert err.type == errors.FETCH_UNSUPPORTED_CHARSET and err.non_retryable and charset in err.message
 
 
 @pytest.mark.parametrize(
@@ -475,14 +476,14 @@ async def test_every_numeric_form_of_a_private_address_is_refused(
     else:
         fetcher, url = PageFetcher(FetchConfig()), target
     err = await failure(fetcher.fetch(url))
-    assert err.type == "FetchRefused" and err.non_retryable and address in err.message
+    assert err.type == errors.FETCH_REFUSED and err.non_retryable and address in err.message
 
 
 @pytest.mark.parametrize("location", ["http://[::1/x", "http://[zz]/", "http://0177.0.0.1:port/"])
 async def test_a_redirect_to_a_malformed_url_is_refused(web: WebFixtures, location: str) -> None:
     url = web.url_for("redirect?to=" + quote(location, safe=""))
     err = await failure(PageFetcher(FetchConfig(allow_hosts=parse_allow_hosts("127.0.0.1"))).fetch(url))
-    assert err.type == "FetchRefused" and err.non_retryable
+    assert err.type == errors.FETCH_REFUSED and err.non_retryable
 
 
 # -- web_search -----------------------------------------------------------------------------------
@@ -538,17 +539,17 @@ async def test_tavily_answers_from_its_recorded_response(web: WebFixtures) -> No
 
 async def test_a_bad_tavily_key_fails_for_good_without_showing_the_key(web: WebFixtures) -> None:
     err = await failure(WebSearch(tavily(web, key="tvly-wrong-key")).search("glaciers"))
-    assert err.type == "SearchAuthFailed" and err.non_retryable
+    assert err.type == errors.SEARCH_AUTH and err.non_retryable
     assert "TAVILY_API_KEY" in err.message and "tvly-wrong-key" not in err.message
 
 
 @pytest.mark.parametrize(
     ("mode", "kind", "retryable", "delay"),
     [
-        ("429", "SearchRateLimited", True, timedelta(seconds=7)),
-        ("432", "SearchQuotaExceeded", False, None),
-        ("500", "SearchUnavailable", True, None),
-        ("400", "SearchBadRequest", False, None),
+        ("429", errors.SEARCH_RATE_LIMITED, True, timedelta(seconds=7)),
+        ("432", errors.SEARCH_QUOTA, False, None),
+        ("500", errors.SEARCH_UNAVAILABLE, True, None),
+        ("400", errors.SEARCH_BAD_REQUEST, False, None),
     ],
 )
 async def test_tavily_failures(
@@ -576,7 +577,7 @@ async def test_searxng_empty_result_is_an_answer_but_an_outage_is_not(web: WebFi
     assert empty.hits == [] and empty.backend == "searxng"
     err = await failure(WebSearch(SearchConfig(searxng_url=web.searxng_url("outage"))).search("glaciers"))
     assert (
-        err.type == "SearchUnavailable"
+        err.type == errors.SEARCH_UNAVAILABLE
         and not err.non_retryable
         and "brave (too many requests)" in err.message
     )
@@ -584,7 +585,7 @@ async def test_searxng_empty_result_is_an_answer_but_an_outage_is_not(web: WebFi
 
 async def test_searxng_without_the_json_format_says_how_to_enable_it(web: WebFixtures) -> None:
     err = await failure(WebSearch(SearchConfig(searxng_url=web.searxng_url("403"))).search("glaciers"))
-    assert err.type == "SearchAuthFailed" and err.non_retryable and "format=json" in err.message
+    assert err.type == errors.SEARCH_AUTH and err.non_retryable and "format=json" in err.message
 
 
 async def test_a_failing_backend_falls_back_to_the_next(web: WebFixtures) -> None:
@@ -597,14 +598,14 @@ async def test_a_failing_backend_falls_back_to_the_next(web: WebFixtures) -> Non
     found = await WebSearch(config, Telemetry(provider.get_tracer("test"))).search("glaciers")
     assert found.backend == "searxng" and found.hits
     spans = {s.name: s for s in exporter.get_finished_spans()}
-    assert spans["search tavily"].attributes[ERROR_TYPE] == "SearchUnavailable"  # type: ignore[index]
+    assert spans["search tavily"].attributes[ERROR_TYPE] == errors.SEARCH_UNAVAILABLE  # type: ignore[index]
     assert spans["search searxng"].attributes["cairn.search.hits"] == len(found.hits)  # type: ignore[index]
     # Both fail: the last failure is raised.
     both = SearchConfig(
         tavily_api_key=TAVILY_KEY, tavily_url=web.tavily_url("500"), searxng_url=web.searxng_url("429")
     )
     err = await failure(WebSearch(both).search("glaciers"))
-    assert err.type == "SearchRateLimited" and err.next_retry_delay == timedelta(seconds=7)
+    assert err.type == errors.SEARCH_RATE_LIMITED and err.next_retry_delay == timedelta(seconds=7)
 
 
 async def test_a_failure_retrying_cannot_fix_does_not_fall_back(web: WebFixtures) -> None:
@@ -613,18 +614,20 @@ async def test_a_failure_retrying_cannot_fix_does_not_fall_back(web: WebFixtures
         tavily_api_key="tvly-wrong", tavily_url=web.tavily_url(), searxng_url=web.searxng_url()
     )
     err = await failure(WebSearch(config).search("glaciers"))
-    assert err.type == "SearchAuthFailed" and len(web.seen("/searxng/ok/")) == before
+    assert err.type == errors.SEARCH_AUTH and len(web.seen("/searxng/ok/")) == before
 
 
 async def test_no_backend_means_not_configured(web: WebFixtures) -> None:
     err = await failure(WebSearch(SearchConfig()).search("glaciers"))
-    assert err.type == "SearchNotConfigured" and err.non_retryable and "CAIRN_SEARXNG_URL" in err.message
+    assert (
+        err.type == errors.SEARCH_NOT_CONFIGURED and err.non_retryable and "CAIRN_SEARXNG_URL" in err.message
+    )
     err = await failure(
         WebSearch(SearchConfig(searxng_url=web.searxng_url())).search("glaciers", backend="tavily")
     )
-    assert err.type == "SearchNotConfigured" and "searxng" in err.message
+    assert err.type == errors.SEARCH_NOT_CONFIGURED and "searxng" in err.message
     err = await failure(WebSearch(SearchConfig(searxng_url=web.searxng_url())).search("   "))
-    assert err.type == "SearchBadRequest" and err.non_retryable
+    assert err.type == errors.SEARCH_BAD_REQUEST and err.non_retryable
 
 
 def ddg_config(ddg: DuckDuckGoRecording, **overrides: object) -> SearchConfig:
@@ -663,13 +666,13 @@ async def test_duckduckgo_without_results_is_a_retryable_failure(ddg: DuckDuckGo
         err = await failure(WebSearch(ddg_config(ddg)).search("glaciers"))
     finally:
         ddg.mode = "ok"
-    assert err.type == "SearchUnavailable" and not err.non_retryable
+    assert err.type == errors.SEARCH_UNAVAILABLE and not err.non_retryable
 
 
 async def test_duckduckgo_verifies_tls(ddg: DuckDuckGoRecording) -> None:
     # Without the test CA, ddgs must refuse the recording's certificate.
     err = await failure(WebSearch(ddg_config(ddg, ddg_ca_bundle=None)).search("glaciers"))
-    assert err.type == "SearchUnavailable" and "certificate" in err.message
+    assert err.type == errors.SEARCH_UNAVAILABLE and "certificate" in err.message
 
 
 def test_hits_are_normalized() -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from client.api import CairnClient
-from client.connection import connect
 from client.embedded import wait_for_port
 from common.config import ModelPrice, TemporalConfig
+from common.plugin import connect
 from testkit.browser import Browser, chromium
 from testkit.dev_server import DevServer
 from testkit.scripted_llm import ScriptedLLM
@@ -45,7 +45,7 @@ def test_chromium_is_installed() -> None:
 async def test_web_ui_shows_the_plan_and_the_approve_command(
     ui_server: DevServer, llm: ScriptedLLM, task_queue: str, tmp_path: Path
 ) -> None:
-    client = await connect(TemporalConfig.from_env({"TEMPORAL_ADDRESS": ui_server.address}), interceptors=[])
+    client = await connect(TemporalConfig.from_env({"TEMPORAL_ADDRESS": ui_server.address}), tracing=None)
     config = replace(llm_config(llm), prices={"gpt-4o-mini": ModelPrice(input=0.15, output=0.60)})
     async with build_worker(client, task_queue, config, home=tmp_path):
         cairn = CairnClient(client, task_queue)

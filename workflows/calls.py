@@ -13,11 +13,23 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
+from common import errors
+
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
-    from common.models import ChatMessage, ChatRequest, ChatResponse, Role, StructuredOutput, Usage
-    from common.names import LLM_CHAT, llm_task_queue
+    from common.models import (
+        ChatMessage,
+        ChatRequest,
+        ChatResponse,
+        Role,
+        SavedReport,
+        SaveReport,
+        StructuredOutput,
+        Usage,
+    )
+    from common.names import LLM_CHAT, REPORT_SAVE, SANDBOX_EXEC, llm_task_queue
+    from common.sandbox_models import ExecRequest, ExecResult
     from common.structured import output_spec, validated
 
 LLM_RETRY = RetryPolicy(
@@ -39,7 +51,29 @@ HEARTBEAT_TIMEOUT = timedelta(seconds=4)
 WORKFLOW_TASK_TIMEOUT = timedelta(seconds=5)
 LLM_HEARTBEAT = HEARTBEAT_TIMEOUT
 
-ERR_MALFORMED_OUTPUT = "MalformedModelOutput"
+
+# Tools of the researcher graph: a failed attempt is retried twice; the third failure reaches the model
+# as a typed tool error (activities/researcher/nodes.py), so one dead site does not sink the step.
+TOOL_ATTEMPTS = 3
+TOOL_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=20),
+    maximum_attempts=TOOL_ATTEMPTS,
+)
+TOOL_START_TO_CLOSE = timedelta(seconds=90)
+# A program's own wall-clock limit in the sandbox. The activity gets start-up and the host's kill grace
+# on top; a worker crash costs an attempt, and every attempt runs in a fresh container writing the same
+# artifacts, so several crashes in a row must not fail the step.
+SANDBOX_TIMEOUT_SECONDS = 60.0
+SANDBOX_START_TO_CLOSE = timedelta(seconds=SANDBOX_TIMEOUT_SECONDS + 60)
+SANDBOX_RETRY = RetryPolicy(
+    maximum_attempts=8,
+    maximum_interval=timedelta(seconds=5),
+    non_retryable_error_types=[errors.SANDBOX_IMAGE_MISSING, errors.SANDBOX_INVALID_REQUEST],
+)
+REPORT_SAVE_START_TO_CLOSE = timedelta(seconds=30)
+REPORT_SAVE_RETRY = RetryPolicy(maximum_attempts=5)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -64,14 +98,7 @@ async def chat(
         retry_policy=LLM_RETRY,
         summary=summary,
     )
-    usage.add(
-        Usage(
-            llm_calls=1,
-            input_tokens=response.input_tokens,
-            output_tokens=response.output_tokens,
-            cost_usd=response.cost_usd,
-        )
-    )
+    usage.add(Usage.of_call(response.input_tokens, response.output_tokens, response.cost_usd))
     return response
 
 
@@ -112,6 +139,32 @@ async def chat_structured(
             ]
     raise ApplicationError(
         f"the {role} returned malformed output {attempts} times; last problem: {problem}",
-        type=ERR_MALFORMED_OUTPUT,
+        type=errors.MALFORMED_MODEL_OUTPUT,
         non_retryable=True,
+    )
+
+
+async def save_report(markdown: str) -> SavedReport:
+    """The `report.save` activity: the run's report written under the worker's data directory."""
+    return await workflow.execute_activity(
+        REPORT_SAVE,
+        SaveReport(workflow_id=workflow.info().workflow_id, markdown=markdown),
+        result_type=SavedReport,
+        start_to_close_timeout=REPORT_SAVE_START_TO_CLOSE,
+        retry_policy=REPORT_SAVE_RETRY,
+        summary="save report",
+    )
+
+
+async def run_code(program: str, step_id: str, summary: str) -> ExecResult:
+    """The `sandbox.exec` activity: one program in a fresh sandbox container. A failing program is a
+    result (its exit code, output and limits hit), not a failure; an unavailable sandbox is."""
+    return await workflow.execute_activity(
+        SANDBOX_EXEC,
+        ExecRequest(code=program, step=step_id, timeout_seconds=SANDBOX_TIMEOUT_SECONDS),
+        result_type=ExecResult,
+        start_to_close_timeout=SANDBOX_START_TO_CLOSE,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        retry_policy=SANDBOX_RETRY,
+        summary=summary,
     )

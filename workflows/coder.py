@@ -10,31 +10,25 @@ an activity failure, and the step fails with its reason.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from common.models import Finding, StepInput, Usage
-    from common.names import CODER_WORKFLOW, SANDBOX_EXEC
+    from common.names import CODER_WORKFLOW
     from common.sandbox_models import (
-        ERR_IMAGE_MISSING,
-        ERR_INVALID_REQUEST,
-        ExecRequest,
         ExecResult,
         clip,
     )
     from workflows import prompts
-    from workflows.calls import HEARTBEAT_TIMEOUT, chat
+    from workflows.calls import chat, run_code
     from workflows.inputs import one_input
 
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 OUTPUT_CHARS_FOR_MODEL = 6000  # of each stream
 PREVIEW_CHARS_FOR_MODEL = 1000  # of each artifact
 DESCRIBE_CHARS = 20_000  # everything the model is shown about one run
-SANDBOX_TIMEOUT_SECONDS = 60.0
 
 
 def extract_program(reply: str) -> str:
@@ -74,21 +68,8 @@ class CoderWorkflow:
         program = ""
         for attempt in range(task.max_code_fixes + 1):
             program = extract_program(reply.content)
-            result = await workflow.execute_activity(
-                SANDBOX_EXEC,
-                ExecRequest(code=program, step=step.id, timeout_seconds=SANDBOX_TIMEOUT_SECONDS),
-                result_type=ExecResult,
-                # The run's own limit, plus start-up and the host-side kill grace.
-                start_to_close_timeout=timedelta(seconds=SANDBOX_TIMEOUT_SECONDS + 60),
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                # A worker crash costs an attempt; every attempt runs in a fresh container and writes
-                # the same artifacts, so several crashes in a row must not fail the step.
-                retry_policy=RetryPolicy(
-                    maximum_attempts=8,
-                    maximum_interval=timedelta(seconds=5),
-                    non_retryable_error_types=[ERR_IMAGE_MISSING, ERR_INVALID_REQUEST],
-                ),
-                summary=f"run code: step {step.id}" + (f" (fix {attempt})" if attempt else ""),
+            result = await run_code(
+                program, step.id, f"run code: step {step.id}" + (f" (fix {attempt})" if attempt else "")
             )
             if result.ok or attempt == task.max_code_fixes:
                 break

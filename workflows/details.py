@@ -31,14 +31,6 @@ def _doing(workflow_id: str, phase: str, plan: Plan | None) -> str | None:
     return None
 
 
-def spend(usage: Usage) -> str:
-    calls = "1 LLM call" if usage.llm_calls == 1 else f"{usage.llm_calls} LLM calls"
-    return (
-        f"{calls}, {usage.input_tokens:,} input and {usage.output_tokens:,} output tokens, "
-        f"${usage.cost_usd:.4f}"
-    )
-
-
 def render_details(
     workflow_id: str, phase: str, plan: Plan | None, usage: Usage, waiting_for: str | None
 ) -> str:
@@ -64,5 +56,5 @@ def render_details(
             f"({s.kind}, {s.status})"
             for s in plan.steps
         ]
-    lines += ["", f"**Spend:** {spend(usage)}"]
+    lines += ["", f"**Spend:** {usage.describe()}"]
     return "\n".join(lines)

@@ -5,7 +5,7 @@ a number, a payload in an encoding nobody reads), and a workflow that cannot rea
 at once with the reason, never retry a workflow task that can never succeed. Workflows therefore take
 `*inputs` undecoded (the SDK hands over plain JSON values when a run method has no single typed
 parameter) and validate here; a payload that cannot be decoded at all already fails with a
-non-retryable error in Cairn's data converter (client/connection.py).
+non-retryable error in Cairn's data converter (common/plugin.py).
 
 Pure and deterministic.
 """
@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from temporalio.exceptions import ApplicationError
 
-ERR_INVALID_INPUT = "InvalidInput"
+from common import errors
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -37,7 +37,7 @@ def one_input(workflow_type: str, inputs: tuple[Any, ...], model: type[M]) -> M:
     if len(inputs) != 1:
         raise ApplicationError(
             f"{workflow_type} takes exactly one input, a JSON object; it was given {len(inputs)}",
-            type=ERR_INVALID_INPUT,
+            type=errors.INVALID_INPUT,
             non_retryable=True,
         )
     value = inputs[0]
@@ -47,5 +47,7 @@ def one_input(workflow_type: str, inputs: tuple[Any, ...], model: type[M]) -> M:
         return model.model_validate(value)
     except ValidationError as err:
         raise ApplicationError(
-            f"invalid input for {workflow_type}: {explain(err)}", type=ERR_INVALID_INPUT, non_retryable=True
+            f"invalid input for {workflow_type}: {explain(err)}",
+            type=errors.INVALID_INPUT,
+            non_retryable=True,
         ) from None

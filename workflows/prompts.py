@@ -80,7 +80,7 @@ def review_messages(
     ]
 
 
-def _step_task(question: str, title: str, description: str, context: str) -> str:
+def step_task(question: str, title: str, description: str, context: str) -> str:
     """A step as its agent is given it: the question, the step, and what earlier steps found."""
     body = f"Research question: {question}\n\nYour step: {title}"
     if description:
@@ -92,7 +92,7 @@ def _step_task(question: str, title: str, description: str, context: str) -> str
 
 def step_messages(question: str, kind: str, title: str, description: str, context: str) -> list[ChatMessage]:
     header = CODER_HEADER if kind == "code" else RESEARCHER_HEADER
-    body = _step_task(question, title, description, context)
+    body = step_task(question, title, description, context)
     return [
         ChatMessage(
             role="system",
@@ -105,9 +105,9 @@ def step_messages(question: str, kind: str, title: str, description: str, contex
     ]
 
 
-def researcher_messages(question: str, title: str, description: str, context: str) -> list[dict[str, str]]:
-    """The researcher agent's opening messages (plain dicts: they live in the LangGraph state)."""
-    body = _step_task(question, title, description, context)
+def researcher_messages(task: str) -> list[dict[str, str]]:
+    """The researcher agent's opening messages (plain dicts: they live in the LangGraph state); `task`
+    is the step as `step_task` writes it."""
     return [
         {
             "id": "system",
@@ -122,7 +122,7 @@ def researcher_messages(question: str, title: str, description: str, context: st
                 "notes. Say plainly what you could not establish."
             ),
         },
-        {"id": "task", "role": "user", "content": body},
+        {"id": "task", "role": "user", "content": task},
     ]
 
 
@@ -146,11 +146,7 @@ def finding_messages(task: str, notes: str, sources: str, problem: str = "") -> 
 
 
 def code_messages(question: str, title: str, description: str, context: str) -> list[ChatMessage]:
-    body = f"Research question: {question}\n\nYour step: {title}"
-    if description:
-        body += f"\nDetails: {description}"
-    if context:
-        body += f"\n\nWhat earlier steps found:\n{context}"
+    body = step_task(question, title, description, context)
     return [
         ChatMessage(
             role="system",

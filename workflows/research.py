@@ -15,17 +15,17 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RawValue, RetryPolicy, SearchAttributeKey
+from temporalio.common import RawValue, SearchAttributeKey
 from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, ValidationError
 
+    from common import errors
     from common.models import (
         MAX_STEPS,
+        SIGNALS,
         AbortRun,
-        AddStep,
-        ApprovePlan,
         BudgetStatus,
         Carried,
         EditPlan,
@@ -38,9 +38,6 @@ with workflow.unsafe.imports_passed_through():
         ResearchInput,
         ResearchResult,
         RunStatus,
-        SavedReport,
-        SaveReport,
-        SkipStep,
         StepInput,
         StepSpec,
         Usage,
@@ -48,7 +45,6 @@ with workflow.unsafe.imports_passed_through():
     from common.names import (
         CODER_WORKFLOW,
         QUERY_STATUS,
-        REPORT_SAVE,
         RESEARCH_WORKFLOW,
         RESEARCHER_WORKFLOW,
         SEARCH_ATTR_PHASE,
@@ -64,16 +60,16 @@ with workflow.unsafe.imports_passed_through():
     from common.structured import DraftStep, plan_model, review_model
     from workflows import budget, prompts, reporting
     from workflows.budget import Budget
-    from workflows.calls import WORKFLOW_TASK_TIMEOUT, chat, chat_structured
+    from workflows.calls import WORKFLOW_TASK_TIMEOUT, chat, chat_structured, save_report
     from workflows.details import render_details
     from workflows.inputs import one_input
+    from workflows.plan_book import PlanBook
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 PHASE_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTR_PHASE)
 
-CONTEXT_CHARS_PER_FINDING = 1500
 # workflow.patched ids: each marks a change of commands that landed code must replay around.
 PATCH_RESEARCHER_AGENT = "researcher-agent"
 PATCH_ABORT_CANCELS_STEPS = "abort-cancels-steps"
@@ -107,20 +103,16 @@ class ResearchWorkflow:
         request = one_input(RESEARCH_WORKFLOW, inputs, ResearchInput)
         self._input = request
         self._phase: Phase = "planning"
-        self._plan: Plan | None = None
+        self._book = PlanBook(request.max_steps)
         self._iterations = 0
         self._usage = Usage()
-        self._findings: dict[str, Finding] = {}
-        self._next_step = 1
         self._continued = 0
         carried = request.carried
         started_at = workflow.now()
         if carried is not None:  # A continuation: pick up where the previous run left off.
-            self._plan = carried.plan
-            self._findings = {f.step_id: f for f in carried.findings}
+            self._book = PlanBook(request.max_steps, carried.plan, carried.next_step, carried.findings)
             self._usage = carried.usage
             self._iterations = carried.iterations
-            self._next_step = carried.next_step
             self._continued = carried.continued
             started_at = datetime.fromisoformat(carried.started_at)
         # A continuation that picks up a plan awaiting approval keeps its approval clock.
@@ -131,8 +123,6 @@ class ResearchWorkflow:
         self._reached: str | None = None  # the limit that stopped new work, while it holds
         self._finished_by_budget: str | None = None
         self._steps: dict[str, asyncio.Task[None]] = {}  # running step tasks, for skip_step
-        self._skipped: set[str] = set()
-        self._added: set[str] = set()  # steps added with add_step
         self._approved: int | None = None
         self._changes: RequestChanges | None = None
         self._abort: AbortRun | None = None
@@ -158,49 +148,39 @@ class ResearchWorkflow:
             self._set_phase("failed")
             raise ApplicationError(
                 f"research failed while {self._failed_while}: {self._error}",
-                type="ResearchFailed",
+                type=errors.RESEARCH_FAILED,
                 non_retryable=True,
             ) from err
-        self._report_path = (await self._save(report)).path
+        self._report_path = (await save_report(report)).path
         self._set_phase("aborted" if self._abort else "done")
         await workflow.wait_condition(workflow.all_handlers_finished)
         return ResearchResult(
             workflow_id=workflow.info().workflow_id,
             question=request.question,
             report=report,
-            sources=reporting.number_sources(self._ordered_findings()),
+            sources=reporting.number_sources(self._book.ordered_findings()),
             usage=self._usage,
             aborted=self._abort is not None,
             abort_reason=self._abort.reason if self._abort else None,
             report_path=self._report_path,
-            plan=self._plan,
-        )
-
-    async def _save(self, markdown: str) -> SavedReport:
-        return await workflow.execute_activity(
-            REPORT_SAVE,
-            SaveReport(workflow_id=workflow.info().workflow_id, markdown=markdown),
-            result_type=SavedReport,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_attempts=5),
-            summary="save report",
+            plan=self._book.plan,
         )
 
     async def _keep_what_was_found(self) -> None:
         """A failed run (a dead LLM, say) still leaves its findings in a partial report on disk; the
         run then fails with the original reason, whether or not this save succeeds."""
-        if not self._findings:
+        if not self._book.findings:
             return
-        self._mark_unfinished(f"the run failed: {self._error}")
+        self._book.mark_unfinished(f"the run failed: {self._error}")
         report = reporting.partial_report(
             self._input.question,
             f"while {self._failed_while}: {self._error}",
-            self._plan,
-            self._ordered_findings(),
+            self._book.plan,
+            self._book.ordered_findings(),
             outcome="failed",
         )
         try:
-            self._report_path = (await self._save(report)).path
+            self._report_path = (await save_report(report)).path
         except FailureError as err:
             workflow.logger.warning("could not save the partial report of a failed run: %s", err)
 
@@ -251,17 +231,17 @@ class ResearchWorkflow:
             reason = self._abort.reason if self._abort else ""
             self._reached = None
             return reporting.partial_report(
-                self._input.question, reason, self._plan, self._ordered_findings()
+                self._input.question, reason, self._book.plan, self._book.ordered_findings()
             )
 
     async def _await_approval(self) -> None:
         if self._input.auto_approve:
             return
-        assert self._plan is not None
+        assert self._book.plan is not None
         # Only runs started since this landed hand over while they wait: recorded runs must replay.
         hand_over = workflow.patched(PATCH_HAND_OVER_WHILE_AWAITING)
         while True:
-            version = self._plan.version
+            version = self._book.plan.version
             self._set_phase("awaiting_approval")
             since = self._awaiting_since or workflow.now()
             self._awaiting_since = None
@@ -286,7 +266,7 @@ class ResearchWorkflow:
             if self._approved is not None:
                 self._approved = None
                 return
-            if hand_over and self._changes is None and self._current_version() == version:
+            if hand_over and self._changes is None and self._book.version == version:
                 # Nothing was decided and Temporal suggests a fresh history (a long wait, or a flood
                 # of signals): hand the waiting plan over to a new run of this one.
                 self._continue_as_new("approval", since)
@@ -299,9 +279,9 @@ class ResearchWorkflow:
                     chat_structured(
                         "planner",
                         prompts.revise_messages(
-                            self._input.question, self._plan, changes.feedback, self._input.max_steps
+                            self._input.question, self._book.plan, changes.feedback, self._input.max_steps
                         ),
-                        plan_model(self._input.max_steps, self._step_ids()),
+                        plan_model(self._input.max_steps, self._book.step_ids()),
                         name="plan",
                         attempts=self._input.max_plan_attempts,
                         summary=f"plan v{version + 1} (revision)",
@@ -314,11 +294,11 @@ class ResearchWorkflow:
     async def _execute_pending(self) -> None:
         """Run pending steps, at most max_parallel_steps at once; a step added while they run
         (`add_step`) joins them, a skipped one (`skip_step`) never starts or is cancelled."""
-        assert self._plan is not None
+        assert self._book.plan is not None
         self._set_phase("researching")
         limit = asyncio.Semaphore(self._input.max_parallel_steps)
         while True:
-            new = [s for s in self._plan.steps if s.status == "pending" and s.id not in self._steps]
+            new = [s for s in self._book.plan.steps if s.status == "pending" and s.id not in self._steps]
             for step in new:
                 self._steps[step.id] = asyncio.ensure_future(self._run_step(step, limit))
             running = [t for t in self._steps.values() if not t.done()]
@@ -332,8 +312,7 @@ class ResearchWorkflow:
         self._steps.clear()
 
     def _has_new_pending(self) -> bool:
-        steps = self._plan.steps if self._plan else []
-        return any(s.status == "pending" and s.id not in self._steps for s in steps)
+        return any(s.status == "pending" and s.id not in self._steps for s in self._book.steps)
 
     async def _run_step(self, step: PlanStep, limit: asyncio.Semaphore) -> None:
         async with limit:
@@ -354,7 +333,7 @@ class ResearchWorkflow:
                     StepInput(
                         question=self._input.question,
                         step=step,
-                        context=self._context(),
+                        context=self._book.context(),
                         archive_scope=f"run:{workflow.info().workflow_id}",
                         tool_calls=self._input.researcher_tool_calls,
                         tokens=self._step_tokens(),
@@ -366,7 +345,7 @@ class ResearchWorkflow:
                     task_timeout=WORKFLOW_TASK_TIMEOUT,
                 )
             except asyncio.CancelledError:
-                if step.id in self._skipped:
+                if step.id in self._book.skipped:
                     step.status, step.error = "skipped", "skipped by a person while it ran"
                     self._publish()
                     return  # Cancelled on purpose: the child and its activities were told to stop.
@@ -375,7 +354,7 @@ class ResearchWorkflow:
             except FailureError as err:
                 if isinstance(err.cause, CancelledError):
                     step.status, step.error = "skipped", "cancelled"
-                    if step.id in self._skipped:
+                    if step.id in self._book.skipped:
                         step.error = "skipped by a person while it ran"
                         self._publish()
                         return
@@ -383,7 +362,7 @@ class ResearchWorkflow:
                 step.status, step.error = "failed", _root_message(err)[:500]
                 workflow.logger.warning("step %s failed: %s", step.id, step.error)
             else:
-                self._findings[step.id] = finding
+                self._book.findings[step.id] = finding
                 self._usage.add(finding.usage)
                 step.status = "done"
             self._publish()
@@ -432,13 +411,13 @@ class ResearchWorkflow:
             self._continue_as_new("review", None)
 
     def _continue_as_new(self, stage: Literal["review", "approval"], awaiting_since: datetime | None) -> None:
-        assert self._plan is not None
+        assert self._book.plan is not None
         carried = Carried(
-            plan=self._plan,
-            findings=self._ordered_findings(),
+            plan=self._book.plan,
+            findings=self._book.ordered_findings(),
             usage=self._usage,
             iterations=self._iterations,
-            next_step=self._next_step,
+            next_step=self._book.next_step,
             started_at=self._budget.started_at.isoformat(),
             continued=self._continued + 1,
             budget=self._budget.as_raise(),
@@ -456,17 +435,17 @@ class ResearchWorkflow:
         return RESEARCHER_WORKFLOW if workflow.patched(PATCH_RESEARCHER_AGENT) else STEP_WORKFLOW
 
     async def _review(self) -> list[DraftStep]:
-        assert self._plan is not None
+        assert self._book.plan is not None
         self._set_phase("replanning")
         review = await chat_structured(
             "planner",
             prompts.review_messages(
-                self._input.question, self._plan, self._ordered_findings(), self._input.max_steps
+                self._input.question, self._book.plan, self._book.ordered_findings(), self._input.max_steps
             ),
-            review_model(self._input.max_steps, self._step_ids()),
+            review_model(self._input.max_steps, self._book.step_ids()),
             name="review",
             attempts=self._input.max_plan_attempts,
-            summary=f"review plan v{self._plan.version}",
+            summary=f"review plan v{self._book.plan.version}",
             usage=self._usage,
         )
         if review.sufficient:
@@ -475,7 +454,7 @@ class ResearchWorkflow:
 
     async def _write_report(self) -> str:
         self._set_phase("reporting")
-        findings = self._ordered_findings()
+        findings = self._book.ordered_findings()
         sources = reporting.number_sources(findings)
         reply = await chat(
             "reporter",
@@ -489,7 +468,7 @@ class ResearchWorkflow:
             + reporting.artifacts_section(findings)
             + reporting.budget_section(self._finished_by_budget)
             + reporting.sources_section(sources)
-            + reporting.unfinished_section(self._plan)
+            + reporting.unfinished_section(self._book.plan)
         )
 
     async def _unless_aborted(self, work: Awaitable[T]) -> T:
@@ -513,7 +492,7 @@ class ResearchWorkflow:
             pass  # Cancellation surfaces as either, depending on what was running.
         if workflow.patched(PATCH_ABORT_CANCELS_STEPS):
             await self._cancel_running_steps()
-        self._mark_unfinished("the run was aborted")
+        self._book.mark_unfinished("the run was aborted")
         raise _Aborted()
 
     async def _cancel_running_steps(self) -> None:
@@ -537,7 +516,7 @@ class ResearchWorkflow:
             self._abort is not None
             or self._approved is not None
             or self._changes is not None
-            or self._current_version() != version
+            or self._book.version != version
             or (hand_over and workflow.info().is_continue_as_new_suggested())
             or self._history_full() is not None
         )
@@ -561,13 +540,6 @@ class ResearchWorkflow:
             workflow.logger.warning("the run %s", full)
             self._abort = AbortRun(reason=f"the run {full}")
 
-    def _current_version(self) -> int:
-        return self._plan.version if self._plan else 0
-
-    def _step_ids(self) -> tuple[str, ...]:
-        """The ids a revision or review may name: the plan's steps, to keep or reword."""
-        return tuple(s.id for s in self._plan.steps) if self._plan else ()
-
     def _install_plan(
         self,
         specs: Sequence[StepSpec | DraftStep],
@@ -576,50 +548,9 @@ class ResearchWorkflow:
         keep_completed: bool = False,
         keep_steered: bool = False,
     ) -> Plan:
-        """Make a new plan version: completed steps stay as they were, `specs` become the rest."""
-        kept = (
-            [
-                s
-                for s in self._plan.steps
-                if s.status in ("done", "failed")
-                or (
-                    keep_steered
-                    and (s.status == "skipped" or (s.status == "pending" and s.id in self._added))
-                )
-            ]
-            if keep_completed and self._plan
-            else []
-        )
-        kept_ids = {s.id for s in kept}
-        existing = {s.id: s for s in self._plan.steps} if self._plan else {}
-        steps = list(kept)
-        for spec in specs[: self._input.max_steps]:
-            named = getattr(spec, "id", None)  # an editor's, or a model's when it may name steps
-            if named in kept_ids:
-                continue  # A completed step sent back unchanged by an editor.
-            if named and named in existing:
-                step_id = named
-            else:
-                step_id = f"s{self._next_step}"
-                self._next_step += 1
-            steps.append(PlanStep(id=step_id, title=spec.title, kind=spec.kind, description=spec.description))
-        self._plan = Plan(version=self._current_version() + 1, steps=steps, rationale=rationale)
+        plan = self._book.install(specs, rationale, keep_completed=keep_completed, keep_steered=keep_steered)
         self._publish()
-        return self._plan
-
-    def _mark_unfinished(self, why: str) -> None:
-        for step in self._plan.steps if self._plan else []:
-            if step.status in ("pending", "running"):
-                step.status, step.error = "skipped", why
-
-    def _ordered_findings(self) -> list[Finding]:
-        steps = self._plan.steps if self._plan else []
-        return [self._findings[s.id] for s in steps if s.id in self._findings]
-
-    def _context(self) -> str:
-        return "\n\n".join(
-            f"{f.title}: {f.summary[:CONTEXT_CHARS_PER_FINDING]}" for f in self._ordered_findings()
-        )
+        return plan
 
     def _set_phase(self, phase: Phase) -> None:
         self._phase = phase
@@ -629,8 +560,8 @@ class ResearchWorkflow:
             self._indexed_phase = phase
 
     def _waiting_for(self) -> str | None:
-        if self._phase == "awaiting_approval" and self._plan is not None:
-            return f"approval of plan v{self._plan.version}"
+        if self._phase == "awaiting_approval" and self._book.plan is not None:
+            return f"approval of plan v{self._book.plan.version}"
         if self._phase == "paused":
             return f"raise_budget: {self._reached} was reached"
         return None
@@ -641,7 +572,7 @@ class ResearchWorkflow:
             render_details(
                 workflow.info().workflow_id,
                 self._phase,
-                self._plan,
+                self._book.plan,
                 self._usage,
                 self._waiting_for(),
             )
@@ -650,18 +581,19 @@ class ResearchWorkflow:
     # -- signals, update, query ----------------------------------------------------------------
 
     @staticmethod
-    def _signal_arg(name: str, raw: RawValue, model: type[M]) -> M | None:
-        """A signal's argument, decoded here rather than by the SDK: a malformed one is logged and
-        dropped all the same, but its handler has run, so the run's waits look again at what a flood
-        of them changes (the history's size, Temporal's suggestion to continue as new)."""
+    def _signal_arg(name: str, raw: RawValue) -> Any:
+        """A signal's argument, as the protocol table says (common/models.py SIGNALS), decoded here
+        rather than by the SDK: a malformed one is logged and dropped all the same, but its handler has
+        run, so the run's waits look again at what a flood of them changes (the history's size,
+        Temporal's suggestion to continue as new)."""
         try:
-            return workflow.payload_converter().from_payload(raw.payload, model)
+            return workflow.payload_converter().from_payload(raw.payload, SIGNALS[name])
         except Exception as err:  # any payload a sender can forge: dropped, never a failed task
             workflow.logger.warning("dropped a malformed %s signal: %s", name, str(err)[:500])
             return None
 
     def _is_current(self, what: str, version: int) -> bool:
-        if self._phase != "awaiting_approval" or self._plan is None:
+        if self._phase != "awaiting_approval" or self._book.plan is None:
             workflow.logger.warning(
                 "ignored %s for plan v%d: the run is %s, not awaiting approval",
                 what,
@@ -669,31 +601,31 @@ class ResearchWorkflow:
                 self._phase,
             )
             return False
-        if version != self._plan.version:
+        if version != self._book.plan.version:
             workflow.logger.warning(
                 "ignored %s for stale plan v%d: the current plan is v%d",
                 what,
                 version,
-                self._plan.version,
+                self._book.plan.version,
             )
             return False
         return True
 
     @workflow.signal(name=SIGNAL_APPROVE_PLAN)
     def approve_plan(self, raw: RawValue) -> None:
-        signal = self._signal_arg(SIGNAL_APPROVE_PLAN, raw, ApprovePlan)
+        signal = self._signal_arg(SIGNAL_APPROVE_PLAN, raw)
         if signal is not None and self._is_current("approval", signal.plan_version):
             self._approved = signal.plan_version
 
     @workflow.signal(name=SIGNAL_REQUEST_CHANGES)
     def request_changes(self, raw: RawValue) -> None:
-        signal = self._signal_arg(SIGNAL_REQUEST_CHANGES, raw, RequestChanges)
+        signal = self._signal_arg(SIGNAL_REQUEST_CHANGES, raw)
         if signal is not None and self._is_current("change request", signal.plan_version):
             self._changes = signal
 
     @workflow.signal(name=SIGNAL_ABORT)
     def abort(self, raw: RawValue) -> None:
-        signal = self._signal_arg(SIGNAL_ABORT, raw, AbortRun)
+        signal = self._signal_arg(SIGNAL_ABORT, raw)
         if signal is None:
             return
         if self._phase in ("done", "aborted", "failed"):
@@ -704,15 +636,15 @@ class ResearchWorkflow:
 
     @workflow.signal(name=SIGNAL_SKIP_STEP)
     def skip_step(self, raw: RawValue) -> None:
-        signal = self._signal_arg(SIGNAL_SKIP_STEP, raw, SkipStep)
+        signal = self._signal_arg(SIGNAL_SKIP_STEP, raw)
         if signal is None:
             return
-        step = next((s for s in (self._plan.steps if self._plan else []) if s.id == signal.step_id), None)
+        step = self._book.step(signal.step_id)
         if step is None or step.status not in ("pending", "running"):
             what = "no such step" if step is None else f"it is {step.status}"
             workflow.logger.warning("ignored skip_step for %s: %s", signal.step_id, what)
             return
-        self._skipped.add(step.id)
+        self._book.skipped.add(step.id)
         if step.status == "pending":
             step.status, step.error = "skipped", "skipped by a person"
         else:
@@ -723,21 +655,16 @@ class ResearchWorkflow:
 
     @workflow.signal(name=SIGNAL_ADD_STEP)
     def add_step(self, raw: RawValue) -> None:
-        signal = self._signal_arg(SIGNAL_ADD_STEP, raw, AddStep)
+        signal = self._signal_arg(SIGNAL_ADD_STEP, raw)
         if signal is None:
             return
-        if self._plan is None or self._phase in ("done", "aborted", "failed", "reporting"):
+        if self._book.plan is None or self._phase in ("done", "aborted", "failed", "reporting"):
             workflow.logger.warning("ignored add_step %r: the run is %s", signal.title, self._phase)
             return
-        if len(self._plan.steps) >= MAX_STEPS:
+        step_id = self._book.add(signal)
+        if step_id is None:
             workflow.logger.warning("ignored add_step %r: the plan has %d steps", signal.title, MAX_STEPS)
             return
-        step_id = f"s{self._next_step}"
-        self._next_step += 1
-        self._added.add(step_id)
-        self._plan.steps.append(
-            PlanStep(id=step_id, title=signal.title, kind=signal.kind, description=signal.description)
-        )
         workflow.logger.info("step %s added while the run is %s: %s", step_id, self._phase, signal.title)
         self._publish()
 
@@ -760,38 +687,18 @@ class ResearchWorkflow:
 
     @edit_plan.validator
     def _validate_edit(self, edit: EditPlan) -> None:
-        if self._phase != "awaiting_approval" or self._plan is None:
+        if self._phase != "awaiting_approval" or self._book.plan is None:
             raise ValueError(
                 f"the plan can be edited only while it awaits approval; the run is {self._phase}"
             )
-        if edit.plan_version != self._plan.version:
-            raise ValueError(f"plan v{edit.plan_version} is stale: the current plan is v{self._plan.version}")
-        if not edit.steps:
-            raise ValueError("an edited plan needs at least one step")
-        if len(edit.steps) > self._input.max_steps:
-            raise ValueError(
-                f"an edited plan has at most {self._input.max_steps} steps; this one has {len(edit.steps)}"
-            )
-        current = {s.id: s for s in self._plan.steps}
-        seen: set[str] = set()
-        for spec in edit.steps:
-            if spec.id is None:
-                continue
-            if spec.id in seen:
-                raise ValueError(f"step id {spec.id} appears twice")
-            seen.add(spec.id)
-            step = current.get(spec.id)
-            if step is None:
-                raise ValueError(f"unknown step id {spec.id}; leave the id out for a new step")
-            if step.status in ("done", "failed") and (spec.title, spec.kind) != (step.title, step.kind):
-                raise ValueError(f"step {spec.id} has already run and cannot be changed")
+        self._book.check_edit(edit)
 
     @workflow.query(name=QUERY_STATUS)
     def status(self) -> RunStatus:
         return RunStatus(
             phase=self._phase,
             question=self._input.question,
-            plan=self._plan,
+            plan=self._book.plan,
             plan_iterations=self._iterations,
             usage=self._usage,
             waiting_for=self._waiting_for(),

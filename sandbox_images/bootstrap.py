@@ -18,7 +18,7 @@ nothing inside the container is trusted.
 Must never: import anything outside Python's standard library (it runs in the minimal image), read the
 program before the host sends it, write anything to its stdout except the single report line, run the
 program while PID 1 is dumpable or handles a signal, or leave the program any descriptor but its stdin
-and two pipes. The worker never imports this module; it only reads its text.
+and two pipes. The worker never imports this module; activities/sandbox/engine.py only reads its text.
 """
 
 import base64

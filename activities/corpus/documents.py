@@ -29,13 +29,13 @@ _HTML = (".html", ".htm")
 MIN_CHARS = 800
 MAX_CHARS = 1500
 
-# A book-length PDF is a few megabytes; a larger "document" is a data dump or a mistake, and holding it
-# costs several times its size in memory while it is parsed.
+# Room for a book-length PDF and more: a larger "document" is a data dump or a mistake, and parsing it
+# holds several times its size in memory.
 MAX_BYTES = 50 * 1024 * 1024
 _CHUNK = 1024 * 1024
 
-# Text has tabs, line breaks and the odd escape sequence of a coloured log; binary data runs to 10-25%
-# control characters even with its NUL bytes removed.
+# Text holds few control characters (tabs, line breaks, the odd escape sequence of a coloured log) and
+# binary data many, even with its NUL bytes removed: a share above this one is binary data.
 MAX_CONTROL_SHARE = 0.05
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 

@@ -12,6 +12,7 @@ is set there is no provider and no interceptor: tracing costs nothing.
 
 Must never: export synchronously (spans go through a BatchSpanProcessor, so a slow or absent collector
 never blocks a run), or be imported by workflow code (workflows stay free of environment reads).
+The tracer reaches whoever needs it (the worker's activities) as an argument, never through a client.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from temporalio.client import Client
+from opentelemetry.trace import Tracer
 from temporalio.contrib.opentelemetry import TracingInterceptor, TracingWorkflowInboundInterceptor
 from temporalio.worker import WorkflowInterceptorClassInput
 
@@ -113,13 +114,16 @@ class RunTracingInterceptor(TracingInterceptor):
 
 @dataclass
 class Tracing:
-    """A tracer provider with batch export, and the Temporal interceptor that uses it."""
+    """A tracer provider with batch export, its tracer (for the spans activities make themselves) and
+    the Temporal interceptor that uses it (for the workflow and activity spans)."""
 
     provider: TracerProvider
+    tracer: Tracer = field(init=False)
     interceptor: TracingInterceptor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.interceptor = RunTracingInterceptor(self.provider.get_tracer(TRACER_NAME, __version__))
+        self.tracer = self.provider.get_tracer(TRACER_NAME, __version__)
+        self.interceptor = RunTracingInterceptor(self.tracer)
 
     def flush(self, timeout_seconds: float = 10) -> None:
         self.provider.force_flush(int(timeout_seconds * 1000))
@@ -160,10 +164,3 @@ def shutdown_process_tracing() -> None:
     """Export the spans still queued; call before the process exits."""
     if _process is not None:
         _process.shutdown()
-
-
-def interceptor_of(client: Client) -> TracingInterceptor | None:
-    """The tracing interceptor a client was connected with: workers built on that client inherit it,
-    and activities use its tracer so their own spans land in the same provider and trace."""
-    interceptors: Any = client.config().get("interceptors") or []
-    return next((i for i in interceptors if isinstance(i, TracingInterceptor)), None)

@@ -1,6 +1,6 @@
 """The researcher graph's activity nodes: its model turn, its tools, and its finding writer.
 
-workflows/researcher_graph.py lays out the graph; the temporalio-langgraph plugin runs each method
+workflows/researcher/graph.py lays out the graph; the temporalio-langgraph plugin runs each method
 here as an activity named `researcher.<node>` on the worker that built this object, which holds the
 LLM client, the search backends, the page fetcher and the corpus. Keys and clients therefore never
 enter a node's input or result, and so never enter history.
@@ -14,27 +14,26 @@ text after working memory has let it go.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.corpus import Corpus
 from activities.fetch import PageFetcher
 from activities.heartbeat import with_heartbeats
-from activities.llm import LLMActivities
+from activities.llm import LLMActivities, to_langchain
+from activities.researcher.finding import notes_of, parse_finding
 from activities.web_search import WebSearch
+from common import errors
 from common.names import TOOL_CORPUS_SEARCH, TOOL_FETCH_URL, TOOL_RECALL, TOOL_WEB_SEARCH
-from common.structured import finding_model, output_spec, validated
+from common.structured import finding_model, output_spec
+from workflows.calls import TOOL_ATTEMPTS
 from workflows.prompts import finding_messages
-from workflows.researcher_graph import TOOL_ATTEMPTS, ResearcherState, ToolTask, tool_answer
-from workflows.researcher_memory import estimate_tokens
+from workflows.researcher.graph import ResearcherState, ToolTask, tool_answer
 
 PASSAGES_PER_SEARCH = 5
-NOTES_TOKENS = 12_000  # the finding writer's view of the notes
 
 
 def _spec(name: str, description: str, **params: str) -> dict[str, Any]:
@@ -73,20 +72,6 @@ TOOL_SPECS = {
 }
 
 
-def _to_langchain(m: dict[str, Any]) -> BaseMessage:
-    role = m["role"]
-    if role == "system":
-        return SystemMessage(content=m["content"])
-    if role == "user":
-        return HumanMessage(content=m["content"])
-    if role == "tool":
-        return ToolMessage(content=m["content"], tool_call_id=m["tool_call_id"])
-    calls = [
-        {"id": c["id"], "name": c["name"], "args": c.get("args") or {}} for c in m.get("tool_calls") or []
-    ]
-    return AIMessage(content=m.get("content") or "", tool_calls=calls)
-
-
 def _calls_of(reply: AIMessage) -> list[dict[str, Any]]:
     """The model's tool calls as plain dicts; a call whose arguments did not parse is kept, marked
     with its error, so the graph answers it with a refusal the model can learn from."""
@@ -110,42 +95,11 @@ def _arg(task: ToolTask, name: str) -> str:
     value = (task["call"].get("args") or {}).get(name)
     if not isinstance(value, str) or not value.strip():
         raise ApplicationError(
-            f"the call needs a non-empty '{name}' argument", type="ToolBadArguments", non_retryable=True
+            f"the call needs a non-empty '{name}' argument",
+            type=errors.TOOL_BAD_ARGUMENTS,
+            non_retryable=True,
         )
     return value.strip()
-
-
-def parse_finding(text: str, known: Sequence[str]) -> dict[str, Any]:
-    """The finding, checked by the model its request's schema came from: a summary, and claims citing
-    only the sources the step saw (`known`, in the order the step met them)."""
-    draft = validated(finding_model(tuple(known)), text)
-    return {
-        "summary": draft.summary,
-        "claims": [{"text": c.text, "source_ids": list(c.sources)} for c in draft.claims],
-    }
-
-
-def notes_of(state: ResearcherState, budget_tokens: int = NOTES_TOKENS) -> str:
-    """The conversation after the opening messages, newest kept whole when it must be cut."""
-    lines = []
-    for m in state["messages"][2:]:
-        if m["role"] == "assistant":
-            calls = ", ".join(f"{c['name']}({json.dumps(c.get('args'))})" for c in m.get("tool_calls") or [])
-            text = (m.get("content") or "").strip()
-            lines.append(
-                "You: " + (text + (" " if text and calls else "") + (f"[called {calls}]" if calls else ""))
-            )
-        elif m["role"] == "tool":
-            lines.append(m.get("content") or "")
-    kept: list[str] = []
-    used = 0
-    for line in reversed(lines):
-        used += estimate_tokens(line)
-        if used > budget_tokens:
-            kept.append("[... earlier notes cut]")
-            break
-        kept.append(line)
-    return "\n\n".join(reversed(kept))
 
 
 class ResearcherNodes:
@@ -166,7 +120,7 @@ class ResearcherNodes:
         turn = state.get("turn", 0)
         done = await self._llm.complete(
             "researcher",
-            [_to_langchain(m) for m in state["messages"]],
+            [to_langchain(m) for m in state["messages"]],
             f"researcher turn {turn + 1}",
             tools=[TOOL_SPECS[name] for name in offered],
         )
@@ -181,7 +135,7 @@ class ResearcherNodes:
             "offered": offered,
             "turn": turn + 1,
             "tokens": done.input_tokens + done.output_tokens,
-            "usage": [_usage(done)],
+            "usage": [done.record()],
         }
 
     async def finding(self, state: ResearcherState) -> dict[str, Any]:
@@ -189,7 +143,8 @@ class ResearcherNodes:
         listing = "\n".join(
             f"[{s['id']}] {s['title'] or s['url'] or s['path']} ({s['via']})" for s in sources
         )
-        task = state["messages"][1]["content"]
+        # A state begun before it carried the task names it by the opening message's id.
+        task = state.get("task") or next(m["content"] for m in state["messages"] if m["id"] == "task")
         messages = finding_messages(task, notes_of(state), listing, state.get("finding_error", ""))
         known = [s["id"] for s in sources]
         done = await self._llm.complete(
@@ -199,7 +154,7 @@ class ResearcherNodes:
             output=output_spec("finding", finding_model(tuple(known))),
         )
         update: dict[str, Any] = {
-            "usage": [_usage(done)],
+            "usage": [done.record()],
             "tokens": done.input_tokens + done.output_tokens,
             "finding_attempts": 1,
         }
@@ -256,13 +211,4 @@ async def _typed_failures(run: Any) -> dict[str, Any]:
         if not err.non_retryable and activity.info().attempt < TOOL_ATTEMPTS:
             raise
         activity.logger.warning("tool failed for good (%s): %s", err.type, err.message)
-        return {"kind": "error", "type": err.type or "ToolFailed", "message": err.message}
-
-
-def _usage(done: Any) -> dict[str, Any]:
-    return {
-        "model": done.model,
-        "input_tokens": done.input_tokens,
-        "output_tokens": done.output_tokens,
-        "cost_usd": done.cost_usd,
-    }
+        return {"kind": "error", "type": err.type or errors.TOOL_FAILED, "message": err.message}

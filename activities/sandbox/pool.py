@@ -1,9 +1,9 @@
 """A warm pool of started, idle sandbox containers, so a run skips container creation and start-up.
 
-Why this exists: creating and starting a container costs a few hundred milliseconds; a pooled container
-has already paid that and its bootstrap is blocked reading stdin, so a run only attaches and sends the
-program. Each container serves exactly one run and is then destroyed by the runner; the pool refills in
-the background.
+Why this exists: creating and starting a container is slow next to a small program's run; a pooled
+container has already paid that and its bootstrap is blocked reading stdin, so a run only attaches and
+sends the program. Each container serves exactly one run and is then destroyed by the runner; the pool
+refills in the background.
 
 Must never: hand the same container out twice, block the event loop (Docker calls go through the
 runner's thread pool), or keep a container past `pool_max_idle_seconds` (the reaper of another process
@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from activities.sandbox_engine import SandboxEngine
+from activities.sandbox.engine import SandboxEngine
 
 log = logging.getLogger(__name__)
 

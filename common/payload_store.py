@@ -36,11 +36,12 @@ from temporalio.converter import (
     StorageDriverStoreContext,
 )
 
-from common.config import ConfigError, cairn_home
+from common.config import cairn_home
+from common.env import whole
 
 DEFAULT_THRESHOLD_BYTES = 16 * 1024
 # A payload that could not be had: its data is the reason. No converter knows this encoding, and Cairn's
-# data converter (client/connection.py) turns it into a non-retryable PayloadUnavailable error.
+# data converter (common/plugin.py) turns it into a non-retryable PayloadUnavailable error.
 UNRESOLVED_ENCODING = b"cairn/unresolved-payload"
 
 
@@ -210,11 +211,7 @@ def external_storage(env: Mapping[str, str] | None = None, *, offload: bool = Tr
     CAIRN_PAYLOAD_DIR moves the files from CAIRN_HOME/payloads. Without `offload` (clients) nothing
     is stored, only read."""
     env = os.environ if env is None else env
-    raw = env.get("CAIRN_PAYLOAD_THRESHOLD_BYTES") or str(DEFAULT_THRESHOLD_BYTES)
-    try:
-        threshold = int(raw)
-    except ValueError as err:
-        raise ConfigError(f"CAIRN_PAYLOAD_THRESHOLD_BYTES={raw!r} is not a whole number") from err
+    threshold = whole(env, "CAIRN_PAYLOAD_THRESHOLD_BYTES", DEFAULT_THRESHOLD_BYTES)
     files = FileDriver(Path(env.get("CAIRN_PAYLOAD_DIR") or cairn_home(env) / "payloads"))
     dsn = env.get("DATABASE_URL")
     drivers: list[StorageDriver] = [files] if not dsn else [PostgresDriver(dsn), files]

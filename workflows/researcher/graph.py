@@ -8,7 +8,7 @@ calls runs in parallel.
 
 Routers are async: a sync router ends in `run_in_executor`, which workflows forbid. Everything here
 that runs in the workflow is deterministic; the node functions that do I/O are methods of
-activities/researcher.py's `ResearcherNodes`, bound on the worker.
+activities/researcher/nodes.py's `ResearcherNodes`, bound on the worker.
 
 Budgets are enforced here, in workflow state, so they hold across crashes: every tool call (answered
 or refused) counts against the step's tool-call budget, every model call's tokens against its token
@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import operator
 import threading
-from datetime import timedelta
 from typing import Annotated, Any, Protocol, TypedDict, cast
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
-from temporalio.common import RetryPolicy
 
+from common import errors
 from common.names import (
     NODE_FINDING,
     NODE_MODEL,
@@ -41,23 +40,15 @@ from workflows.calls import (
     LLM_RETRY,
     LLM_SCHEDULE_TO_CLOSE,
     LLM_START_TO_CLOSE,
+    TOOL_RETRY,
+    TOOL_START_TO_CLOSE,
 )
-from workflows.researcher_memory import remember
+from workflows.researcher.memory import remember
 
 NODE_MEMORY = "memory"
 NODE_REFUSE = "refuse"
 # A malformed finding is shown back to the model this many times in all before the step fails.
 FINDING_ATTEMPTS = 3
-
-# Tools: a failed attempt is retried twice; the third failure is handed to the model as a typed tool
-# error (see activities/researcher.py), so one dead site does not sink the step.
-TOOL_ATTEMPTS = 3
-TOOL_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=20),
-    maximum_attempts=TOOL_ATTEMPTS,
-)
 
 
 def merge_messages(left: list[dict[str, Any]], right: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -86,6 +77,8 @@ class Limits(TypedDict):
 
 
 class ResearcherState(TypedDict, total=False):
+    title: str  # the step's title, for activity summaries
+    task: str  # the step as the researcher was given it (question, step, what earlier steps found)
     messages: Annotated[list[dict[str, Any]], merge_messages]
     sources: Annotated[list[dict[str, Any]], merge_sources]
     # One entry per model call: model, input_tokens, output_tokens, cost_usd.
@@ -110,7 +103,7 @@ class ToolTask(TypedDict, total=False):
 
 
 class ResearcherNodes(Protocol):
-    """What the worker binds into the graph (activities/researcher.py)."""
+    """What the worker binds into the graph (activities/researcher/nodes.py)."""
 
     async def model(self, state: ResearcherState) -> dict[str, Any]: ...
     async def finding(self, state: ResearcherState) -> dict[str, Any]: ...
@@ -137,9 +130,12 @@ async def after_model(state: ResearcherState) -> Any:
     remaining = state["limits"]["tool_calls"] - state.get("tool_calls", 0)
     sends = []
     for i, call in enumerate(calls):
-        refusal, kind = "", "ToolRefused"
+        refusal, kind = "", errors.TOOL_REFUSED
         if call.get("error"):
-            refusal, kind = f"the call's arguments are not valid JSON: {call['error']}", "ToolBadArguments"
+            refusal, kind = (
+                f"the call's arguments are not valid JSON: {call['error']}",
+                errors.TOOL_BAD_ARGUMENTS,
+            )
         elif call.get("name") not in state.get("offered", []):
             refusal = f"there is no tool named {call.get('name')!r} here; use one of {state.get('offered')}"
         elif i >= remaining:
@@ -183,18 +179,13 @@ def tool_answer(task: ToolTask, result: dict[str, Any]) -> dict[str, Any]:
 
 async def refuse(task: ToolTask) -> dict[str, Any]:
     """A call that will not run still gets an answer: the model's API requires one per call."""
-    kind = task.get("refusal_type") or "ToolRefused"
+    kind = task.get("refusal_type") or errors.TOOL_REFUSED
     return tool_answer(task, {"kind": "error", "type": kind, "message": task["refusal"]})
 
 
 def _step_title(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     state = args[0] if args else kwargs.get("state", {})
-    messages = state.get("messages", []) if isinstance(state, dict) else []
-    task = messages[1].get("content", "") if len(messages) > 1 else ""
-    for line in task.splitlines():
-        if line.startswith("Your step: "):
-            return line.removeprefix("Your step: ")
-    return "research step"
+    return str(state.get("title") or "research step") if isinstance(state, dict) else "research step"
 
 
 def _model_summary(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -229,7 +220,7 @@ def build_graph(nodes: ResearcherNodes, *, llm_task_queue: str | None = None) ->
         llm["task_queue"] = llm_task_queue
     tool = {
         "execute_in": "activity",
-        "start_to_close_timeout": timedelta(seconds=90),
+        "start_to_close_timeout": TOOL_START_TO_CLOSE,
         "heartbeat_timeout": HEARTBEAT_TIMEOUT,
         "retry_policy": TOOL_RETRY,
         "summary_fn": _tool_summary,
@@ -258,9 +249,9 @@ def build_graph(nodes: ResearcherNodes, *, llm_task_queue: str | None = None) ->
     return graph
 
 
-# Compiling was half of a step's workflow CPU (LangGraph reads every node function's bytecode when it
-# compiles), and a compiled graph holds no state of an invocation, so each graph object is
-# compiled once and every run shares the result. It is kept on the graph object itself, so it lives
+# Compiling is costly (LangGraph reads every node function's bytecode when it compiles), and a
+# compiled graph holds no state of an invocation, so each graph object is compiled once and every run
+# shares the result. It is kept on the graph object itself, so it lives
 # exactly as long as the worker that registered that graph.
 _COMPILED_ATTRIBUTE = "_cairn_compiled"
 _COMPILING = threading.Lock()  # workflows run on several threads of the worker

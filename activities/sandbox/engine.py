@@ -2,7 +2,7 @@
 it, kill and remove it, and reap containers whose owner is gone.
 
 Why this exists: it is the one place that knows how a sandbox container is configured and how the
-program reaches it. Everything here blocks, so async callers run it in a thread (see sandbox_runner.py).
+program reaches it. Everything here blocks, so async callers run it in a thread (see runner.py).
 
 Must never: mount the Docker socket or any host path into a container, pass the worker's environment in
 (the environment is the explicit SANDBOX_ENV below), give a container a network, or trust what comes out
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib.resources
 import json
 import os
 import socket
@@ -38,12 +39,9 @@ from pydantic import (
 )
 from temporalio.exceptions import ApplicationError
 
-from activities.sandbox_config import SandboxConfig
+from activities.sandbox.config import SandboxConfig
+from common import errors
 from common.sandbox_models import (
-    ERR_ENGINE_UNAVAILABLE,
-    ERR_IMAGE_MISSING,
-    ERR_INTERNAL,
-    ERR_REPORT_INVALID,
     MAX_SKIPPED_LISTED,
     clip,
 )
@@ -71,7 +69,9 @@ SANDBOX_ENV = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
 }
-_BOOTSTRAP = (Path(__file__).with_name("sandbox_bootstrap.py")).read_text()
+# The supervisor each container runs as PID 1. It lives with the image it runs in; read as package data
+# so a source checkout and an installed wheel find it alike.
+_BOOTSTRAP = importlib.resources.files("sandbox_images").joinpath("bootstrap.py").read_text()
 _STDERR_KEEP = 64 * 1024
 
 # Engine objects alive in this process, so the reaper can tell "ours and in use" from "leaked by an
@@ -191,20 +191,22 @@ def parse_report(line: bytes, config: SandboxConfig) -> BootstrapReport:
     try:
         return BootstrapReport.model_validate_json(line, context=config)
     except ValidationError as err:
-        errors = err.errors(include_url=False, include_input=False)
-        problems = [f"{'.'.join(map(str, e['loc'])) or 'report'}: {e['msg']}" for e in errors[:5]]
-        if len(errors) > 5:
-            problems.append(f"{len(errors) - 5} more problems")
+        found = err.errors(include_url=False, include_input=False)
+        problems = [f"{'.'.join(map(str, e['loc'])) or 'report'}: {e['msg']}" for e in found[:5]]
+        if len(found) > 5:
+            problems.append(f"{len(found) - 5} more problems")
         raise ApplicationError(
             clip("sandbox report invalid: " + "; ".join(problems), 1000),
-            type=ERR_REPORT_INVALID,
+            type=errors.SANDBOX_REPORT_INVALID,
             non_retryable=True,
         ) from None
 
 
 def _report_too_large(limit: int) -> ApplicationError:
     return ApplicationError(
-        f"sandbox report invalid: more than {limit} bytes", type=ERR_REPORT_INVALID, non_retryable=True
+        f"sandbox report invalid: more than {limit} bytes",
+        type=errors.SANDBOX_REPORT_INVALID,
+        non_retryable=True,
     )
 
 
@@ -240,7 +242,7 @@ class SandboxEngine:
             except docker.errors.DockerException as err:
                 raise ApplicationError(
                     f"Docker engine unavailable ({err}); run sandbox_images/engine.sh",
-                    type=ERR_ENGINE_UNAVAILABLE,
+                    type=errors.SANDBOX_ENGINE_UNAVAILABLE,
                 ) from err
         return self._client
 
@@ -248,11 +250,7 @@ class SandboxEngine:
         try:
             self.client.images.get(self.config.image)
         except docker.errors.ImageNotFound as err:
-            raise ApplicationError(
-                f"sandbox image {self.config.image} is missing; run `cairn sandbox build`",
-                type=ERR_IMAGE_MISSING,
-                non_retryable=True,
-            ) from err
+            raise _image_missing(self.config.image) from err
         except docker.errors.DockerException as err:
             raise _engine_error(err) from err
 
@@ -316,11 +314,7 @@ class SandboxEngine:
             self.tracked.add(cid)
             api.start(cid)
         except docker.errors.ImageNotFound as err:
-            raise ApplicationError(
-                f"sandbox image {cfg.image} is missing; run `cairn sandbox build`",
-                type=ERR_IMAGE_MISSING,
-                non_retryable=True,
-            ) from err
+            raise _image_missing(cfg.image) from err
         except docker.errors.DockerException as err:
             raise _engine_error(err) from err
         return cid
@@ -392,7 +386,7 @@ class SandboxEngine:
             self.kill(cid)
             return RawRun(report=None, stderr=bytes(err_buf), host_timed_out=True)
         except OSError as err:
-            raise ApplicationError(f"sandbox stream broke: {err}", type=ERR_INTERNAL) from err
+            raise ApplicationError(f"sandbox stream broke: {err}", type=errors.SANDBOX_INTERNAL) from err
         finally:
             sock.close()
             sock_io.close()
@@ -460,4 +454,13 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes | None:
 
 
 def _engine_error(err: Exception) -> ApplicationError:
-    return ApplicationError(f"Docker engine error: {err}", type=ERR_ENGINE_UNAVAILABLE)
+    return ApplicationError(f"Docker engine error: {err}", type=errors.SANDBOX_ENGINE_UNAVAILABLE)
+
+
+def _image_missing(image: str) -> ApplicationError:
+    """Non-retryable: a retry finds the image just as missing until someone builds it."""
+    return ApplicationError(
+        f"sandbox image {image} is missing; run `cairn sandbox build`",
+        type=errors.SANDBOX_IMAGE_MISSING,
+        non_retryable=True,
+    )

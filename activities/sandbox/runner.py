@@ -33,8 +33,8 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.sandbox_config import MIB, SandboxConfig
-from activities.sandbox_engine import (
+from activities.sandbox.config import MIB, SandboxConfig
+from activities.sandbox.engine import (
     LABEL_DEADLINE,
     REPORT_NAME_CHARS,
     RawRun,
@@ -42,10 +42,9 @@ from activities.sandbox_engine import (
     ReportStream,
     SandboxEngine,
 )
-from activities.sandbox_pool import WarmPool
+from activities.sandbox.pool import WarmPool
+from common import errors
 from common.sandbox_models import (
-    ERR_ENGINE_UNAVAILABLE,
-    ERR_INVALID_REQUEST,
     MAX_INPUT_BYTES,
     MAX_SKIPPED_LISTED,
     Artifact,
@@ -147,7 +146,7 @@ class SandboxRunner:
         if req.input_bytes() > MAX_INPUT_BYTES:
             raise ApplicationError(
                 f"program and input files exceed {MAX_INPUT_BYTES} bytes",
-                type=ERR_INVALID_REQUEST,
+                type=errors.SANDBOX_INVALID_REQUEST,
                 non_retryable=True,
             )
         if not self._started:
@@ -172,7 +171,7 @@ class SandboxRunner:
         try:
             raw, cid = await self._run_in(cid, request, host_timeout, labels or {}, on_tick)
         except ApplicationError as err:
-            if not warm or err.type != ERR_ENGINE_UNAVAILABLE:
+            if not warm or err.type != errors.SANDBOX_ENGINE_UNAVAILABLE:
                 raise
             # A pooled container can die while idle (engine restart); one cold retry covers that.
             # activity.logger: inside the activity it names the workflow, run and activity; outside

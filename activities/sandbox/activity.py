@@ -2,7 +2,7 @@
 
 Why this exists: the coder step needs to compute (numpy, pandas, matplotlib) without giving the model
 the worker's network, files or keys. `SandboxActivities` is built once at worker start and holds the
-Docker client and the warm pool; the engine is in sandbox_engine.py, the run logic in sandbox_runner.py.
+Docker client and the warm pool; the engine is in engine.py, the run logic in runner.py.
 
 Worker wiring:
     sandbox = SandboxActivities()
@@ -24,9 +24,9 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.sandbox_config import SandboxConfig
-from activities.sandbox_engine import LABEL_ACTIVITY, LABEL_WORKFLOW
-from activities.sandbox_runner import SandboxRunner
+from activities.sandbox.config import SandboxConfig
+from activities.sandbox.engine import LABEL_ACTIVITY, LABEL_WORKFLOW
+from activities.sandbox.runner import SandboxRunner
 from activities.telemetry import Telemetry
 from common.names import SANDBOX_EXEC
 from common.sandbox_models import ExecRequest, ExecResult

@@ -7,20 +7,18 @@ defaults. Nothing here holds a key or a client.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from common.models import Tolerant
 
 
-class _Payload(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class SearchHit(_Payload):
+class SearchHit(Tolerant):
     title: str = ""
     url: str
     snippet: str = ""
 
 
-class SearchResults(_Payload):
+class SearchResults(Tolerant):
     """What `web_search` found. `backend` names the service that answered."""
 
     query: str
@@ -28,7 +26,7 @@ class SearchResults(_Payload):
     hits: list[SearchHit] = Field(default_factory=list)
 
 
-class FetchedPage(_Payload):
+class FetchedPage(Tolerant):
     """A fetched page's main text, extracted from HTML (or the body of a text/plain answer)."""
 
     url: str  # as asked
@@ -40,7 +38,7 @@ class FetchedPage(_Payload):
     truncated: bool = False  # the body hit the size cap and was cut
 
 
-class Passage(_Payload):
+class Passage(Tolerant):
     """One passage of a document in the corpus (or of a run's archive), ranked by BM25."""
 
     path: str  # the document's path as ingested (absolute), or a URL for a run's archive
@@ -51,12 +49,12 @@ class Passage(_Payload):
     score: float = 0.0  # higher is better
 
 
-class CorpusResults(_Payload):
+class CorpusResults(Tolerant):
     query: str
     passages: list[Passage] = Field(default_factory=list)
 
 
-class IngestReport(_Payload):
+class IngestReport(Tolerant):
     """What `cairn ingest` did to one document."""
 
     path: str

@@ -1,6 +1,6 @@
 """ResearcherWorkflow: one research step, carried out by the researcher LangGraph graph.
 
-The graph (workflows/researcher_graph.py) runs through the temporalio-langgraph plugin: its model,
+The graph (workflows/researcher/graph.py) runs through the temporalio-langgraph plugin: its model,
 tool and finding-writer nodes are activities, its control flow replays here. A crash mid-step loses
 nothing that had finished: completed model and tool calls are in history and are not made again.
 This workflow turns the graph's final state into a Finding: the summary, the claims, only the sources
@@ -14,6 +14,8 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
+from common import errors
+
 with workflow.unsafe.imports_passed_through():
     from temporalio.langgraph import graph
 
@@ -21,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from common.names import RESEARCHER_GRAPH, RESEARCHER_WORKFLOW
     from workflows import prompts
     from workflows.inputs import one_input
-    from workflows.researcher_graph import (
+    from workflows.researcher.graph import (
         FINDING_ATTEMPTS,
         Limits,
         ResearcherState,
@@ -29,15 +31,12 @@ with workflow.unsafe.imports_passed_through():
         recursion_limit,
     )
 
-ERR_MALFORMED_FINDING = "MalformedFinding"
-
 
 # Not sandboxed. The sandbox guards only code it imports itself, and the step's logic (the graph's
-# routers and working memory, LangGraph) must be passed through it anyway, so here it guarded a few
-# lines of glue while costing ~8 ms of worker CPU per LLM call (bench/orchestration_overhead.py:
-# 31-37 ms unsandboxed against 39-45 ms sandboxed): re-importing this module into a fresh sandbox for
-# every step, and entering the sandbox for every activation and every payload. Determinism here is
-# kept by the rule of workflows/ (no I/O, no clocks, no randomness) and checked by replaying committed
+# routers and working memory, LangGraph) must be passed through it anyway, so here it would guard a
+# few lines of glue at the price of re-importing this module for every step and entering the sandbox
+# for every activation and every payload (docs/benchmarks.md has the cost). Determinism here is kept by
+# the rule of workflows/ (no I/O, no clocks, no randomness) and checked by replaying committed
 # histories in CI (tests/test_replay.py), as for every workflow.
 @workflow.defn(name=RESEARCHER_WORKFLOW, sandboxed=False)
 class ResearcherWorkflow:
@@ -46,10 +45,11 @@ class ResearcherWorkflow:
         task = one_input(RESEARCHER_WORKFLOW, inputs, StepInput)
         step = task.step
         limits = Limits(tool_calls=task.tool_calls, tokens=task.tokens, context_tokens=task.context_tokens)
+        assignment = prompts.step_task(task.question, step.title, step.description, task.context)
         start: ResearcherState = {
-            "messages": prompts.researcher_messages(
-                task.question, step.title, step.description, task.context
-            ),
+            "title": step.title,
+            "task": assignment,
+            "messages": prompts.researcher_messages(assignment),
             "sources": [],
             "usage": [],
             "tokens": 0,
@@ -65,13 +65,13 @@ class ResearcherWorkflow:
         }
         app = compiled(graph(RESEARCHER_GRAPH))
         final = await app.ainvoke(start, config={"recursion_limit": recursion_limit(limits)})
-        usage = _usage(final)
+        usage = Usage.of_calls(final.get("usage", []))
         written = final.get("finding")
         if not written:
             raise ApplicationError(
                 f"the researcher wrote a malformed finding {FINDING_ATTEMPTS} times; "
                 f"last problem: {final.get('finding_error')}",
-                type=ERR_MALFORMED_FINDING,
+                type=errors.MALFORMED_FINDING,
                 non_retryable=True,
             )
         claims = [Claim(**c) for c in written["claims"]]
@@ -87,17 +87,3 @@ class ResearcherWorkflow:
         return Finding(
             step_id=step.id, title=step.title, summary=summary, claims=claims, sources=sources, usage=usage
         )
-
-
-def _usage(final: dict[str, Any]) -> Usage:
-    usage = Usage()
-    for call in final.get("usage", []):
-        usage.add(
-            Usage(
-                llm_calls=1,
-                input_tokens=call["input_tokens"],
-                output_tokens=call["output_tokens"],
-                cost_usd=call["cost_usd"],
-            )
-        )
-    return usage
