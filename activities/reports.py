@@ -2,6 +2,13 @@
 
 The report also travels in the workflow result; the file is for people (`cairn report ID` and the
 `status` query point at it). Writing is idempotent, so a retried activity leaves one file, not two.
+
+Reports are kept per tenant: `<reports>/<file>` for the default tenant (where every report was before
+tenants), `<reports>/tenants/<tenant>/<file>` for another (common/tenancy.py tenant_directory). A report
+file name always ends in `.md`, so no default-tenant report can be, or sit inside, `tenants/`.
+
+Must never: write outside the reports directory of the request's tenant, leave a half-written report
+where a reader may find it, or accept a tenant that is not one (a non-retryable InvalidInput).
 """
 
 from __future__ import annotations
@@ -12,9 +19,12 @@ import re
 from pathlib import Path
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from common import errors
 from common.models import SavedReport, SaveReport
 from common.names import REPORT_SAVE
+from common.tenancy import tenant_directory
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -31,9 +41,14 @@ class ReportActivities:
     def __init__(self, reports_dir: Path) -> None:
         self._dir = reports_dir
 
-    def _write(self, request: SaveReport) -> Path:
-        self._dir.mkdir(parents=True, exist_ok=True)
-        path = self._dir / report_file_name(request.workflow_id)
+    def directory(self, tenant: str) -> Path:
+        """Where `tenant`'s reports are written; ValueError for a tenant that is not one."""
+        return self._dir / tenant_directory(tenant)
+
+    @staticmethod
+    def _write(directory: Path, request: SaveReport) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / report_file_name(request.workflow_id)
         # Write-then-rename, so a crash mid-write never leaves a half report behind.
         tmp = path.with_suffix(".md.tmp")
         tmp.write_text(request.markdown, encoding="utf-8")
@@ -42,5 +57,9 @@ class ReportActivities:
 
     @activity.defn(name=REPORT_SAVE)
     async def save(self, request: SaveReport) -> SavedReport:
-        path = await asyncio.to_thread(self._write, request)
+        try:
+            directory = self.directory(request.tenant)
+        except ValueError as err:  # Not a tenant: the same request fails the same way every time.
+            raise ApplicationError(str(err), type=errors.INVALID_INPUT, non_retryable=True) from None
+        path = await asyncio.to_thread(self._write, directory, request)
         return SavedReport(path=str(path))

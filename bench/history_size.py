@@ -27,7 +27,7 @@ from bench.results_io import publish
 from client.api import CairnClient
 from common.config import LLMConfig, TemporalConfig
 from common.payload_store import DEFAULT_THRESHOLD_BYTES
-from common.plugin import connect, data_converter
+from common.plugin import connect
 from common.web_config import FetchConfig, SearchConfig
 from testkit.dev_server import DevServer
 from testkit.research_site import ResearchSite
@@ -44,9 +44,10 @@ async def measure(threshold: int) -> dict[str, object]:
         llm = ScriptedLLM().start()
         site = ResearchSite().start()
         try:
-            converter = data_converter({"CAIRN_HOME": tmp, "CAIRN_PAYLOAD_THRESHOLD_BYTES": str(threshold)})
+            # The plugin's converter, on this store: the client and the worker built on it share it.
             client = await connect(
-                TemporalConfig.from_env({"TEMPORAL_ADDRESS": server.address}), data_converter=converter
+                TemporalConfig.from_env({"TEMPORAL_ADDRESS": server.address}),
+                env={"CAIRN_HOME": tmp, "CAIRN_PAYLOAD_THRESHOLD_BYTES": str(threshold)},
             )
             queue = f"bench-{uuid.uuid4().hex[:8]}"
             async with build_worker(

@@ -4,9 +4,9 @@ Input is validated here, before anything reaches Temporal, so a person sees a cl
 failed workflow. Signals carry the plan version they act on; when the caller gives none, the current
 version is read first and the run must be awaiting approval.
 
-Runs start with the CairnPhase and CairnOwner search attributes where the server has them registered
-(checked once per client), and without them where it has not: an unregistered attribute must never
-stop a run from starting.
+Runs start with the CairnPhase, CairnOwner and CairnTenant search attributes where the server has them
+registered (checked once per client), and without them where it has not: an unregistered attribute
+must never stop a run from starting (`cairn serve` insists on CairnTenant: it checks tenants by it).
 
 Every signal, update, query and describe of a run goes through `CairnClient._about`, which turns
 Temporal's client errors into one CairnError line ("no run with id X", "run X has ended (completed)",
@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from temporalio.api.enums.v1 import EventType, IndexedValueType, PendingActivityState, TaskQueueType
@@ -38,7 +38,13 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import (
+    Priority,
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -54,10 +60,12 @@ from common.models import (
     StepSpec,
 )
 from common.names import (
+    CAIRN_SEARCH_ATTRIBUTES,
     QUERY_STATUS,
     RESEARCH_WORKFLOW,
     SEARCH_ATTR_OWNER,
     SEARCH_ATTR_PHASE,
+    SEARCH_ATTR_TENANT,
     SIGNAL_ABORT,
     SIGNAL_ADD_STEP,
     SIGNAL_APPROVE_PLAN,
@@ -67,11 +75,13 @@ from common.names import (
     UPDATE_RAISE_BUDGET,
 )
 from common.plugin import connect
+from common.tenancy import DEFAULT_TENANT, check_run_id
 from workflows.calls import WORKFLOW_TASK_TIMEOUT
 from workflows.inputs import explain
 
 PHASE = SearchAttributeKey.for_keyword(SEARCH_ATTR_PHASE)
 OWNER = SearchAttributeKey.for_keyword(SEARCH_ATTR_OWNER)
+TENANT = SearchAttributeKey.for_keyword(SEARCH_ATTR_TENANT)
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
@@ -84,15 +94,24 @@ UPDATE_TIMEOUT = timedelta(seconds=10)
 MAX_WORKFLOW_ID = 200
 
 
+ErrorKind = Literal["invalid", "not_found", "conflict", "unavailable", "refused"]
+
+
 class CairnError(Exception):
-    """A request Cairn refuses, with a message meant for a person."""
+    """A request Cairn refuses, with a message meant for a person. `kind` says what sort of refusal it
+    is, so the HTTP API can answer with the matching status: bad input, no such run, a run in the wrong
+    state for the request, a worker that did not answer, or anything else."""
+
+    def __init__(self, message: str, kind: ErrorKind = "refused") -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
 
 
 def validated_input(question: str, **options: Any) -> ResearchInput:
     try:
         return ResearchInput(question=question, **options)
     except ValidationError as err:
-        raise CairnError(f"invalid research request: {explain(err)}") from None
+        raise CairnError(f"invalid research request: {explain(err)}", "invalid") from None
 
 
 def _request(model: type[M], what: str, **fields: Any) -> M:
@@ -100,7 +119,7 @@ def _request(model: type[M], what: str, **fields: Any) -> M:
     try:
         return model.model_validate(fields)
     except ValidationError as err:
-        raise CairnError(f"invalid {what}: {explain(err)}") from None
+        raise CairnError(f"invalid {what}: {explain(err)}", "invalid") from None
 
 
 def _one_line(text: str) -> str:
@@ -121,14 +140,20 @@ def validated_workflow_id(workflow_id: str) -> str:
         problem = f"it holds {bad!r}; whitespace and control characters are not allowed"
     else:
         return workflow_id
-    raise CairnError(f"invalid run id: {problem}")
+    raise CairnError(f"invalid run id: {problem}", "invalid")
 
 
 def validated_steps(steps: Sequence[StepSpec | dict[str, Any]]) -> list[StepSpec]:
     try:
         return [s if isinstance(s, StepSpec) else StepSpec.model_validate(s) for s in steps]
     except ValidationError as err:
-        raise CairnError(f"invalid plan edit: {explain(err)}") from None
+        raise CairnError(f"invalid plan edit: {explain(err)}", "invalid") from None
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    workflow_id: str
+    created: bool  # False: a run with this id already existed, and nothing was started
 
 
 @dataclass(frozen=True)
@@ -173,13 +198,15 @@ class CairnClient:
         """Temporal's client errors about run `workflow_id` as one CairnError line for a person.
         `asking` names a call its worker must answer ("its status query"), so silence is named too."""
         if not workflow_id:
-            raise CairnError("no run id given")
+            raise CairnError("no run id given", "invalid")
         try:
             yield
         except WorkflowQueryFailedError as err:
-            raise CairnError(f"run {workflow_id} did not answer {asking}: {_one_line(err.message)}") from None
+            raise CairnError(
+                f"run {workflow_id} did not answer {asking}: {_one_line(err.message)}", "unavailable"
+            ) from None
         except WorkflowUpdateRPCTimeoutOrCancelledError:
-            raise CairnError(self._silent(workflow_id, asking, UPDATE_TIMEOUT)) from None
+            raise CairnError(self._silent(workflow_id, asking, UPDATE_TIMEOUT), "unavailable") from None
         except RPCError as err:
             raise await self._explained(workflow_id, err, asking) from None
 
@@ -190,14 +217,22 @@ class CairnClient:
                 state = (await self._handle(workflow_id).describe()).status
             except RPCError as again:
                 if again.status == RPCStatusCode.NOT_FOUND:
-                    return CairnError(f"no run with id {workflow_id}")
+                    return CairnError(f"no run with id {workflow_id}", "not_found")
                 state = None
             if state is not None and state != WorkflowExecutionStatus.RUNNING:
-                return CairnError(f"run {workflow_id} has ended ({state.name.lower().replace('_', ' ')})")
+                return CairnError(
+                    f"run {workflow_id} has ended ({state.name.lower().replace('_', ' ')})", "conflict"
+                )
         if asking and err.status in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED):
-            return CairnError(self._silent(workflow_id, asking, QUERY_TIMEOUT))
+            return CairnError(self._silent(workflow_id, asking, QUERY_TIMEOUT), "unavailable")
         if asking and err.status != RPCStatusCode.INVALID_ARGUMENT:
-            return CairnError(f"run {workflow_id} did not answer {asking}: {_one_line(err.message)}")
+            return CairnError(
+                f"run {workflow_id} did not answer {asking}: {_one_line(err.message)}", "unavailable"
+            )
+        if err.status == RPCStatusCode.INVALID_ARGUMENT:
+            return CairnError(_one_line(err.message), "invalid")
+        if err.status == RPCStatusCode.UNAVAILABLE:
+            return CairnError(_one_line(err.message), "unavailable")
         return CairnError(_one_line(err.message))
 
     async def _signal(self, workflow_id: str, name: str, what: str, **fields: Any) -> None:
@@ -216,7 +251,7 @@ class CairnClient:
                     name, arg, result_type=answers, rpc_timeout=UPDATE_TIMEOUT
                 )
             except WorkflowUpdateFailedError as err:
-                raise CairnError(f"{what} rejected: {err.cause}") from None
+                raise CairnError(f"{what} rejected: {err.cause}", "conflict") from None
 
     @staticmethod
     def _silent(workflow_id: str, asking: str, timeout: timedelta) -> str:
@@ -236,14 +271,14 @@ class CairnClient:
                 known = set(response.custom_attributes)
             except RPCError:
                 known = set()
-            self._registered = known & {SEARCH_ATTR_PHASE, SEARCH_ATTR_OWNER}
+            self._registered = known & set(CAIRN_SEARCH_ATTRIBUTES)
         return self._registered
 
     async def register_search_attributes(self) -> set[str]:
         """Add whichever of Cairn's search attributes the server lacks. For a server Cairn owns (the
         embedded one): its database may predate them, and the dev server's `--search-attribute`
         registers them only when it creates a database."""
-        missing = {SEARCH_ATTR_PHASE, SEARCH_ATTR_OWNER} - await self.registered_search_attributes()
+        missing = set(CAIRN_SEARCH_ATTRIBUTES) - await self.registered_search_attributes()
         if missing:
             keyword = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
             await self.temporal.operator_service.add_search_attributes(
@@ -255,15 +290,47 @@ class CairnClient:
             self._registered = None
         return await self.registered_search_attributes()
 
-    async def start(self, question: str, *, workflow_id: str | None = None, **options: Any) -> str:
-        request = validated_input(question, **options)
+    async def start(
+        self,
+        question: str,
+        *,
+        workflow_id: str | None = None,
+        tenant: str = DEFAULT_TENANT,
+        fairness_weight: float | None = None,
+        **options: Any,
+    ) -> str:
+        request = validated_input(question, tenant=tenant, **options)
         if workflow_id is None:
             workflow_id = f"research-{uuid.uuid4().hex[:12]}"
         validated_workflow_id(workflow_id)
+        try:
+            check_run_id(workflow_id, tenant)
+        except ValueError as err:
+            raise CairnError(f"invalid run id: {err}", "invalid") from None
+        started = await self.start_run(request, workflow_id, fairness_weight=fairness_weight)
+        if not started.created:
+            raise CairnError(f"a run with id {workflow_id} already exists", "conflict")
+        return workflow_id
+
+    async def start_run(
+        self,
+        request: ResearchInput,
+        workflow_id: str,
+        *,
+        fairness_weight: float | None = None,
+        memo: dict[str, Any] | None = None,
+        once: bool = False,
+    ) -> StartedRun:
+        """Start `request` as run `workflow_id`; an id already taken answers `created=False`. With
+        `once`, the id can never be used again, even after its run has closed (idempotent starts)."""
         registered = await self.registered_search_attributes()
         pairs = [
             SearchAttributePair(key, value)
-            for key, value in ((PHASE, "planning"), (OWNER, self.owner))
+            for key, value in (
+                (PHASE, "planning"),
+                (OWNER, self.owner),
+                (TENANT, request.tenant),
+            )
             if key.name in registered
         ]
         try:
@@ -275,14 +342,25 @@ class CairnClient:
                 search_attributes=TypedSearchAttributes(pairs) if pairs else None,
                 # The Web UI's workflow list and page show this line: the question, not just an id.
                 static_summary=request.question[:200],
+                memo=memo,
                 # A workflow task held by a worker that died is handed out again after 5 s, not 10.
                 task_timeout=WORKFLOW_TASK_TIMEOUT,
+                # Each tenant's tasks are dispatched in proportion to its weight, on every queue its
+                # run's workflows and activities use (they inherit this), so a tenant's backlog never
+                # starves another's runs. Servers without fairness ignore it.
+                priority=Priority(fairness_key=request.tenant, fairness_weight=fairness_weight),
+                id_reuse_policy=(
+                    WorkflowIDReusePolicy.REJECT_DUPLICATE if once else WorkflowIDReusePolicy.ALLOW_DUPLICATE
+                ),
             )
         except WorkflowAlreadyStartedError:
-            raise CairnError(f"a run with id {workflow_id} already exists") from None
+            return StartedRun(workflow_id, created=False)
         except RPCError as err:
-            raise CairnError(f"cannot start run {workflow_id}: {_one_line(err.message)}") from None
-        return workflow_id
+            raise CairnError(
+                f"cannot start run {workflow_id}: {_one_line(err.message)}",
+                "unavailable" if err.status == RPCStatusCode.UNAVAILABLE else "refused",
+            ) from None
+        return StartedRun(workflow_id, created=True)
 
     async def status(self, workflow_id: str) -> RunStatus:
         async with self._about(workflow_id, "its status query"):
@@ -295,7 +373,7 @@ class CairnClient:
             return plan_version
         status = await self.status(workflow_id)
         if status.phase != "awaiting_approval" or status.plan is None:
-            raise CairnError(f"run {workflow_id} is {status.phase}, not awaiting approval")
+            raise CairnError(f"run {workflow_id} is {status.phase}, not awaiting approval", "conflict")
         return status.plan.version
 
     async def approve(self, workflow_id: str, plan_version: int | None = None) -> int:

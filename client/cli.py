@@ -22,11 +22,15 @@ from temporalio.service import RPCError
 from client.api import CairnClient, CairnError, validated_input, validated_workflow_id
 from client.doctor import add_doctor_command
 from client.embedded import Embedded, EmbeddedError, port_open
+from client.http_client import ApiClient, api_settings
 from client.ingest_cli import add_ingest_command
+from client.keys_cli import add_keys_command
 from client.sandbox_cli import add_sandbox_commands
+from client.server.serve import add_serve_command
 from client.watch import watch
 from common.config import ConfigError, LLMConfig, TemporalConfig, private_files
 from common.models import RunStatus
+from common.tenancy import DEFAULT_TENANT, check_run_id
 from common.tracing import shutdown_process_tracing
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -48,9 +52,16 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
         print(text)
 
 
-async def _connect(start_embedded: bool = False) -> CairnClient:
-    """Connect to the configured Temporal; with nothing configured, to the embedded server, which
-    `research` and `dev` start (with a worker) when it is not running."""
+async def _connect(start_embedded: bool = False) -> CairnClient | ApiClient:
+    """The Cairn API when CAIRN_API_URL is set (within the key's tenant and role); else the configured
+    Temporal; with nothing configured, the embedded server, which `research` and `dev` start (with a
+    worker) when it is not running."""
+    if api_settings() is not None:
+        return ApiClient.from_env()
+    return await _connect_temporal(start_embedded)
+
+
+async def _connect_temporal(start_embedded: bool = False) -> CairnClient:
     config = TemporalConfig.from_env()
     if not config.explicit:
         embedded = Embedded.from_env()
@@ -110,7 +121,7 @@ def render_status(workflow_id: str, status: RunStatus) -> str:
     return "\n".join(lines)
 
 
-async def _follow(cairn: CairnClient, workflow_id: str) -> None:
+async def _follow(cairn: CairnClient | ApiClient, workflow_id: str) -> None:
     """While `--wait` waits, show each plan version that needs approval (once)."""
     shown = 0
     while True:
@@ -152,10 +163,15 @@ async def cmd_research(args: argparse.Namespace) -> int:
     validated_input(args.question, **options)  # Refuse bad input before starting anything.
     if args.id is not None:
         validated_workflow_id(args.id)
-    LLMConfig.from_env().require()
+        try:
+            check_run_id(args.id, DEFAULT_TENANT)
+        except ValueError as err:
+            raise CairnError(f"invalid run id: {err}") from None
+    if api_settings() is None:
+        LLMConfig.from_env().require()  # Through the API, the model is the server's to configure.
     cairn = await _connect(start_embedded=True)
     workflow_id = await cairn.start(args.question, workflow_id=args.id, **options)
-    if not await _worker_appears(cairn, seconds=10):
+    if isinstance(cairn, CairnClient) and not await _worker_appears(cairn, seconds=10):
         _notice(
             f"Warning: no worker polls task queue '{cairn.task_queue}'; start one with `python worker.py`."
         )
@@ -272,7 +288,7 @@ async def cmd_dev(args: argparse.Namespace) -> int:
         stopped = embedded.stop()
         _emit(args, {"stopped": stopped}, "Stopped " + (" and ".join(stopped) or "nothing: nothing ran"))
         return 0
-    await _connect(start_embedded=True)
+    await _connect_temporal(start_embedded=True)
     info = {"address": embedded.address, "ui": embedded.ui_url, "home": str(embedded.home)}
     _emit(
         args,
@@ -306,7 +322,7 @@ async def cmd_raise_budget(args: argparse.Namespace) -> int:
 async def cmd_replay(args: argparse.Namespace) -> int:
     from client.replay import replay_run
 
-    cairn = await _connect()
+    cairn = await _connect_temporal()
     try:
         outcomes = await replay_run(cairn.temporal, args.id, children=not args.no_children)
     except RPCError as err:
@@ -395,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sandbox_commands(commands)
     add_ingest_command(commands)
     add_doctor_command(commands)
+    add_serve_command(commands)
+    add_keys_command(commands)
     return parser
 
 
@@ -409,6 +427,18 @@ def _not_utf8(argv: list[str]) -> str | None:
     return None
 
 
+def _runner(command: str) -> Callable[[Coroutine[Any, Any, int]], int]:
+    """How a command runs its event loop: `serve` on uvloop where it is installed (every request's
+    parsing, TLS-free socket work and Temporal calls go through the loop), the rest on asyncio's."""
+    if command == "serve":
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run
+        return uvloop.run
+    return asyncio.run
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # File names need not be UTF-8 (`cairn ingest` takes them as they are); every other argument
@@ -418,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cairn: an argument is not UTF-8 text: {bad!r}", file=sys.stderr)
         return 1
     try:
-        return asyncio.run(args.handler(args))
+        return _runner(args.command)(args.handler(args))
     except (CairnError, ConfigError, EmbeddedError) as err:
         print(f"cairn: {err}", file=sys.stderr)
         return 1

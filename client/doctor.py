@@ -60,7 +60,7 @@ async def check_temporal(env: dict[str, str]) -> list[Check]:
 
     from client.embedded import port_open
     from common.config import TemporalConfig
-    from common.names import SEARCH_ATTR_OWNER, SEARCH_ATTR_PHASE, llm_task_queue
+    from common.names import CAIRN_SEARCH_ATTRIBUTES, llm_task_queue
 
     config = TemporalConfig.from_env(env)
     fix_server = (
@@ -92,7 +92,7 @@ async def check_temporal(env: dict[str, str]) -> list[Check]:
         listed = await client.operator_service.list_search_attributes(
             ListSearchAttributesRequest(namespace=namespace)
         )
-        missing = sorted({SEARCH_ATTR_PHASE, SEARCH_ATTR_OWNER} - set(listed.custom_attributes))
+        missing = sorted(set(CAIRN_SEARCH_ATTRIBUTES) - set(listed.custom_attributes))
     except Exception as err:
         missing, detail = [], f"cannot list them ({err})"
         checks.append(Check("search attributes", WARN, detail, "grant the operator API, or ignore"))
@@ -110,7 +110,7 @@ async def check_temporal(env: dict[str, str]) -> list[Check]:
                 )
             )
         else:
-            checks.append(Check("search attributes", OK, f"{SEARCH_ATTR_PHASE}, {SEARCH_ATTR_OWNER}"))
+            checks.append(Check("search attributes", OK, ", ".join(CAIRN_SEARCH_ATTRIBUTES)))
     for queue, kind, what in (
         (config.task_queue, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, "workflows"),
         (llm_task_queue(config.task_queue), TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, "LLM calls"),
@@ -351,6 +351,7 @@ async def check_search(env: dict[str, str]) -> list[Check]:
 
 async def check_storage(env: dict[str, str]) -> list[Check]:
     from temporalio.api.common.v1 import Payload
+    from temporalio.converter import StorageDriverRetrieveContext, StorageDriverStoreContext
 
     from common.config import cairn_home
     from common.payload_store import external_storage
@@ -372,8 +373,8 @@ async def check_storage(env: dict[str, str]) -> list[Check]:
     variable = "DATABASE_URL" if env.get("DATABASE_URL") else "CAIRN_PAYLOAD_DIR or CAIRN_HOME"
     payload = Payload(metadata={"encoding": b"binary/plain"}, data=f"cairn doctor {time.time()}".encode())
     try:
-        claims = await driver.store(None, [payload])  # type: ignore[arg-type]
-        back = await driver.retrieve(None, claims)  # type: ignore[arg-type]
+        claims = await driver.store(StorageDriverStoreContext(), [payload])
+        back = await driver.retrieve(StorageDriverRetrieveContext(), claims)
     except Exception as err:
         checks.append(
             Check("payload store", FAIL, f"{where}: {type(err).__name__}: {err}", f"fix {variable}")

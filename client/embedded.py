@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import EMBEDDED_HOST, cairn_home, embedded_ports, private_directory
-from common.names import SEARCH_ATTR_OWNER, SEARCH_ATTR_PHASE
+from common.names import CAIRN_SEARCH_ATTRIBUTES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,10 +82,23 @@ SECURITY = [
 # --query`. The dev server registers them only when it creates its database; for an older database,
 # `cairn dev` and `cairn research` add them through the operator API (CairnClient.register_search_attributes).
 SEARCH_ATTRIBUTES = [
-    "--search-attribute",
-    f"{SEARCH_ATTR_PHASE}=Keyword",
-    "--search-attribute",
-    f"{SEARCH_ATTR_OWNER}=Keyword",
+    arg for name in CAIRN_SEARCH_ATTRIBUTES for arg in ("--search-attribute", f"{name}=Keyword")
+]
+
+# Task-queue fairness: each tenant's tasks are dispatched in proportion to its weight
+# (`Priority(fairness_key=<tenant>, fairness_weight=...)` on every run, inherited by its steps and
+# activities), so one tenant's backlog never starves another's runs. The dev server keeps it off unless
+# told. It orders tasks within a partition of a task queue, and the dev server splits each queue into
+# four, of which a poll reads one at random: a late tenant's task then waits behind whatever its
+# partition's poll turns up. One machine gains nothing from partitions (they spread a queue over
+# matching hosts), so here each queue is one partition and fairness orders all of it. A production
+# server needs fairness turned on too (docs/operations.md).
+FAIRNESS = ["--dynamic-config-value", "matching.enableFairness=true"]
+ONE_PARTITION = [
+    "--dynamic-config-value",
+    "matching.numTaskqueueReadPartitions=1",
+    "--dynamic-config-value",
+    "matching.numTaskqueueWritePartitions=1",
 ]
 
 
@@ -95,9 +108,11 @@ def dev_server_command(
     ui_port: int | None,
     extra: list[str] | None = None,
     search_attributes: bool = True,
+    fairness: bool = True,
 ) -> list[str]:
     """The one command line for a dev server, shared by `cairn dev`, the tests and the benchmarks.
-    `search_attributes=False` is for tests of a server that lacks Cairn's search attributes."""
+    `search_attributes=False` is for tests of a server that lacks Cairn's search attributes;
+    `fairness=False` for the benchmark that measures what fairness buys."""
     command = [
         temporal_binary(),
         "server",
@@ -113,7 +128,13 @@ def dev_server_command(
     ]
     command += ["--ui-port", str(ui_port), "--ui-disable-news-fetch"] if ui_port else ["--headless"]
     return (
-        command + LATENCY_TUNING + SECURITY + (SEARCH_ATTRIBUTES if search_attributes else []) + (extra or [])
+        command
+        + LATENCY_TUNING
+        + SECURITY
+        + ONE_PARTITION
+        + (FAIRNESS if fairness else [])
+        + (SEARCH_ATTRIBUTES if search_attributes else [])
+        + (extra or [])
     )
 
 

@@ -1,9 +1,11 @@
-"""`cairn ingest PATH... [--json]` and `cairn ingest --search QUERY [--limit N] [--json]`.
+"""`cairn ingest PATH... [--tenant T] [--json]` and `cairn ingest --search QUERY [--tenant T] [--limit N]`.
 
 Why this exists: a person puts their own documents where the researcher's `corpus_search` tool finds
 them, through the same store and the same passage splitting the tool reads (activities/corpus/), and
 checks what a query finds. It needs no Temporal server: the corpus is SQLite in CAIRN_HOME, or the
-PostgreSQL in DATABASE_URL.
+PostgreSQL in DATABASE_URL. `--tenant` (default `default`) names whose documents these are: they go to
+that tenant's corpus scope (common/tenancy.py), which only that tenant's runs search, and `--search`
+reads that scope alone.
 
 Only regular files that look like their suffix's format are read, each up to a cap: 50 MB
 (activities/corpus/documents.py MAX_BYTES) unless CAIRN_INGEST_MAX_BYTES gives another number of bytes. A
@@ -24,12 +26,12 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 from temporalio.exceptions import ApplicationError
 
-from activities.corpus.documents import MAX_BYTES
+from activities.corpus.documents import MAX_BYTES, max_bytes_from
+from common.tenancy import DEFAULT_TENANT, corpus_scope, valid_tenant
 from common.tool_models import CorpusResults, IngestReport
 
 
@@ -39,26 +41,17 @@ def _verb(report: IngestReport) -> str:
     return "unchanged" if report.unchanged else "replaced" if report.replaced else "ingested"
 
 
-def max_bytes_from(environ: Mapping[str, str]) -> int:
-    """The per-document cap: CAIRN_INGEST_MAX_BYTES, or MAX_BYTES when it is unset or empty."""
-    raw = environ.get("CAIRN_INGEST_MAX_BYTES", "").strip()
-    if not raw:
-        return MAX_BYTES
-    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
-        raise ValueError(f"CAIRN_INGEST_MAX_BYTES must be a positive number of bytes, not {raw[:40]!r}")
-    return int(raw)
-
-
 async def ingest_paths(
-    paths: list[Path], *, json_output: bool, max_bytes: int = MAX_BYTES
+    paths: list[Path], *, json_output: bool, max_bytes: int = MAX_BYTES, tenant: str = DEFAULT_TENANT
 ) -> tuple[list[IngestReport], int]:
-    """Ingest every document under `paths`, each at most `max_bytes`; returns the reports and the exit
-    code."""
+    """Ingest every document under `paths` into `tenant`'s corpus, each at most `max_bytes`; returns the
+    reports and the exit code."""
     from activities.corpus import open_corpus
     from activities.corpus.documents import iter_documents, read_document
 
     code = 0
     reports: list[IngestReport] = []
+    scope = corpus_scope(tenant)
     corpus = open_corpus()
     try:
         for arg in paths:
@@ -76,7 +69,7 @@ async def ingest_paths(
                     error = f"{type(err).__name__}: {err}"
                     report = IngestReport(path=str(path.absolute()), passages=0, error=error)
                 else:
-                    report = await corpus.ingest(str(path.resolve()), title or path.stem, text)
+                    report = await corpus.ingest(str(path.resolve()), title or path.stem, text, scope=scope)
                 reports.append(report)
                 if not json_output:
                     detail = report.error if report.error is not None else _passages(report.passages)
@@ -102,12 +95,14 @@ def _summary(reports: list[IngestReport]) -> str:
     return f"{len(reports)} documents: {parts}; {_passages(written)} written"
 
 
-async def search(query: str, limit: int) -> CorpusResults:
+async def search(query: str, limit: int, tenant: str = DEFAULT_TENANT) -> CorpusResults:
+    """What `tenant`'s researcher would find for `query`: a search of that tenant's corpus only."""
     from activities.corpus import open_corpus
 
     corpus = open_corpus()
     try:
-        return CorpusResults(query=query, passages=await corpus.search(query, limit=limit))
+        passages = await corpus.search(query, limit=limit, scope=corpus_scope(tenant))
+        return CorpusResults(query=query, passages=passages)
     finally:
         await corpus.close()
 
@@ -136,11 +131,13 @@ async def _ingest(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.search is not None:
-            results = await search(args.search, args.limit)
+            results = await search(args.search, args.limit, args.tenant)
             print(results.model_dump_json(indent=2) if args.json else _render(results))
             return 0
         paths = [Path(p) for p in args.paths]
-        reports, code = await ingest_paths(paths, json_output=args.json, max_bytes=max_bytes)
+        reports, code = await ingest_paths(
+            paths, json_output=args.json, max_bytes=max_bytes, tenant=args.tenant
+        )
     except ApplicationError as err:  # The store is unavailable: nothing more can be done in this run.
         print(f"cairn ingest: {err}", file=sys.stderr)
         return 1
@@ -149,6 +146,14 @@ async def _ingest(args: argparse.Namespace) -> int:
     else:
         print(_summary(reports))
     return code
+
+
+def _tenant(value: str) -> str:
+    """argparse's check of --tenant: a bad one is a usage error (exit 2) that says what a tenant is."""
+    try:
+        return valid_tenant(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_ingest_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -165,5 +170,11 @@ def add_ingest_command(subparsers: argparse._SubParsersAction) -> None:  # type:
         "--search", metavar="QUERY", help="instead of ingesting, show the passages a query finds"
     )
     ingest.add_argument("--limit", type=int, default=5, help="passages --search shows (default 5)")
+    ingest.add_argument(
+        "--tenant",
+        type=_tenant,
+        default=DEFAULT_TENANT,
+        help="whose documents: ingest into, or --search, this tenant's corpus (default: default)",
+    )
     ingest.add_argument("--json", action="store_true", help="machine-readable output")
     ingest.set_defaults(handler=_ingest)

@@ -23,6 +23,7 @@ from sandbox_images import build as image_build
 
 
 async def run_file(code: str, name: str, timeout_seconds: float | None) -> ExecResult:
+    from activities.sandbox.artifacts import CLI_DIRECTORY
     from activities.sandbox.config import SandboxConfig
     from activities.sandbox.runner import SandboxRunner
 
@@ -31,7 +32,7 @@ async def run_file(code: str, name: str, timeout_seconds: float | None) -> ExecR
     runner = SandboxRunner(config, pool_size=0)
     try:
         req = ExecRequest(code=code, timeout_seconds=timeout_seconds, step=name)
-        return await runner.run(req, artifacts_dir=config.artifacts_root / "cli" / name)
+        return await runner.run(req, artifacts_dir=config.artifacts_root / CLI_DIRECTORY / name)
     finally:
         await runner.close()
 

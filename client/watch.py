@@ -23,7 +23,10 @@ from rich.text import Text
 from temporalio.client import WorkflowExecutionStatus
 
 from client.api import CairnClient, RunningActivity
+from client.http_client import ApiClient
 from common.models import RunStatus
+
+Runs = CairnClient | ApiClient
 
 FINISHED = ("done", "aborted")
 _STYLE = {"pending": "dim", "running": "yellow", "done": "green", "failed": "red", "skipped": "dim"}
@@ -104,19 +107,19 @@ def changes(workflow_id: str, before: Snapshot | None, now: Snapshot) -> list[st
     return lines
 
 
-async def _snapshot(cairn: CairnClient, workflow_id: str) -> Snapshot:
+async def _snapshot(cairn: Runs, workflow_id: str) -> Snapshot:
     status = await cairn.status(workflow_id)
     running = [] if status.phase in (*FINISHED, "failed") else await cairn.running_activities(workflow_id)
     return Snapshot(status=status, running=running)
 
 
-async def _closed_badly(cairn: CairnClient, workflow_id: str) -> bool:
+async def _closed_badly(cairn: Runs, workflow_id: str) -> bool:
     """A run Temporal closed without Cairn finishing it (terminated, timed out, failed)."""
     state = await cairn.describe_status(workflow_id)
     return state not in (None, WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED)
 
 
-async def watch(cairn: CairnClient, workflow_id: str, console: Console, interval: float = 1.0) -> int:
+async def watch(cairn: Runs, workflow_id: str, console: Console, interval: float = 1.0) -> int:
     """Follow the run until it ends; returns the exit code."""
     live = Live(console=console, refresh_per_second=4, transient=False) if console.is_terminal else None
     previous: Snapshot | None = None

@@ -8,7 +8,8 @@ server's Retry-After); the tree records that decision.
     ApplicationError type            retried   raised when
     ├── the run (workflows/)
     │   ├── ResearchFailed           no        the run failed; the message says while doing what, and why
-    │   ├── InvalidInput             no        a workflow's input is not exactly one valid object
+    │   ├── InvalidInput             no        a workflow's input is not exactly one valid object; also
+    │   │                                      report.save and corpus_search given a bad tenant or scope
     │   ├── MalformedModelOutput     no        a model's JSON failed validation on every re-ask
     │   └── MalformedFinding         no        the researcher's finding failed validation on every re-ask
     ├── payloads (common/plugin.py)

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from temporalio.contrib.workflow_streams import WorkflowStreamState
 
 from common.names import (
     SIGNAL_ABORT,
@@ -24,6 +25,7 @@ from common.names import (
     UPDATE_RAISE_BUDGET,
 )
 from common.sandbox_models import Artifact
+from common.tenancy import DEFAULT_TENANT, valid_tenant
 
 MAX_QUESTION_CHARS = 4000
 MAX_STEPS = 20
@@ -87,8 +89,9 @@ class Tolerant(BaseModel):
 # The run's input, plan and result.
 
 
-class ResearchInput(_Strict):
-    """Input of ResearchWorkflow. `{"question": "..."}` alone is valid; everything else has a default."""
+class RunRequest(_Strict):
+    """What a person asks for when starting a run (the API's `POST /v1/runs` body): the question and
+    the run's options. `{"question": "..."}` alone is valid; everything else has a default."""
 
     question: str
     auto_approve: bool = False
@@ -110,8 +113,6 @@ class ResearchInput(_Strict):
     cost_budget_usd: float | None = Field(default=None, gt=0, le=MAX_COST_BUDGET_USD)
     deadline_seconds: float | None = Field(default=None, gt=0, le=MAX_WAIT_SECONDS)
     on_budget: BudgetPolicy = "pause"
-    # Set by the workflow itself when it continues as new: the state a long run carries forward.
-    carried: Carried | None = None
 
     @field_validator("question")
     @classmethod
@@ -122,6 +123,17 @@ class ResearchInput(_Strict):
         if len(value) > MAX_QUESTION_CHARS:
             raise ValueError(f"the question is {len(value)} characters; the limit is {MAX_QUESTION_CHARS}")
         return value
+
+
+class ResearchInput(RunRequest):
+    """Input of ResearchWorkflow: the request, whose it is, and what a continuation carries."""
+
+    # Whose run this is (common/tenancy.py): set by the client or the API from who is asking, never
+    # taken from a request body. It scopes the documents the researcher searches and where the
+    # report is written.
+    tenant: Annotated[str, AfterValidator(valid_tenant)] = DEFAULT_TENANT
+    # Set by the workflow itself when it continues as new: the state a long run carries forward.
+    carried: Carried | None = None
 
 
 def _step_title(value: str) -> str:
@@ -366,6 +378,8 @@ class Carried(Tolerant):
     # since `awaiting_since`, ISO 8601, so its approval timeout keeps counting from then).
     stage: Literal["review", "approval"] = "review"
     awaiting_since: str | None = None
+    # The run's event stream (its log and offsets), so watchers read on without a gap or a repeat.
+    stream: WorkflowStreamState | None = None
 
     @field_validator("started_at", "awaiting_since")
     @classmethod
@@ -429,11 +443,14 @@ class StepInput(Tolerant):
     tool_calls: int = 8
     tokens: int = 60_000
     context_tokens: int = 8000
+    # Whose run the step belongs to: the researcher searches this tenant's documents only.
+    tenant: str = DEFAULT_TENANT
 
 
 class SaveReport(Tolerant):
     workflow_id: str
     markdown: str
+    tenant: str = DEFAULT_TENANT  # reports are kept per tenant
 
 
 class SavedReport(Tolerant):

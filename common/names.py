@@ -57,6 +57,10 @@ QUERY_STATUS: Final = "status"
 # the Web UI and with `temporal workflow list --query "CairnPhase='awaiting_approval'"`.
 SEARCH_ATTR_PHASE: Final = "CairnPhase"
 SEARCH_ATTR_OWNER: Final = "CairnOwner"
+# Whose run it is (common/tenancy.py). The API lists and checks runs by it; a run without it is the
+# default tenant's.
+SEARCH_ATTR_TENANT: Final = "CairnTenant"
+CAIRN_SEARCH_ATTRIBUTES: Final = (SEARCH_ATTR_PHASE, SEARCH_ATTR_OWNER, SEARCH_ATTR_TENANT)
 
 # Cairn's own metrics, on the worker's Prometheus endpoint beside the SDK's `temporal_*` ones. Each also
 # carries the SDK's namespace, task_queue and activity_type attributes. Public interface: dashboards

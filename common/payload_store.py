@@ -7,6 +7,11 @@ embedded default; PostgreSQL through psycopg when `DATABASE_URL` is set (every w
 deployment then reads what any of them wrote). Payloads are content-addressed (SHA-256), so a retried
 activity or a replayed workflow task that stores the same bytes writes nothing new.
 
+Each tenant's runs store into a partition of their own (files under `tenants/<t>/`, rows keyed
+`<t>/<digest>`), chosen by the tenant their workflow id names (common/tenancy.py tenant_of_run_id); a
+reference says which partition it points into. The API reads only the partition of the tenant it is
+answering (`reading_as`): a reference into another one resolves to the stand-in.
+
 Workers write to the store; clients only read from it (their signals and updates stay inline, bounded by
 the models and by the server's blob size limit), so a client whose store a worker cannot see never leaves
 a reference the worker cannot follow. A reference that cannot be followed (forged, or written to a store
@@ -23,6 +28,8 @@ import asyncio
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
 from temporalio.api.common.v1 import Payload
@@ -34,10 +41,12 @@ from temporalio.converter import (
     StorageDriverRetrieveContext,
     StorageDriverSelectContext,
     StorageDriverStoreContext,
+    StorageDriverWorkflowInfo,
 )
 
 from common.config import cairn_home
 from common.env import whole
+from common.tenancy import DEFAULT_TENANT, TENANT_PATTERN, tenant_of_run_id
 
 DEFAULT_THRESHOLD_BYTES = 16 * 1024
 # A payload that could not be had: its data is the reason. No converter knows this encoding, and Cairn's
@@ -49,50 +58,100 @@ def unresolved(problem: str) -> Payload:
     return Payload(metadata={"encoding": UNRESOLVED_ENCODING}, data=problem.encode()[:2000])
 
 
-def _key_of(claim: StorageDriverClaim) -> str | None:
-    key = claim.claim_data.get("key") if isinstance(claim.claim_data, dict) else None
-    return (
-        key if isinstance(key, str) and len(key) == 64 and all(c in "0123456789abcdef" for c in key) else None
-    )
+# The tenant on whose behalf this process reads payloads now: the API sets it for each request, so a
+# reference to another tenant's payload resolves to the stand-in even if one ever reached it. None (a
+# worker, the CLI) reads every partition.
+reading_as: ContextVar[str | None] = ContextVar("cairn_payloads_reading_as", default=None)
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """A stored payload: its SHA-256 and the tenant whose partition holds it."""
+
+    tenant: str
+    key: str
+
+    @property
+    def row(self) -> str:
+        """Its key in PostgreSQL: the digest, after `<tenant>/` outside the default partition."""
+        return self.key if self.tenant == DEFAULT_TENANT else f"{self.tenant}/{self.key}"
+
+    def claim(self) -> StorageDriverClaim:
+        extra = {} if self.tenant == DEFAULT_TENANT else {"tenant": self.tenant}
+        return StorageDriverClaim(claim_data={"key": self.key, **extra})
+
+
+def _ref_of(claim: StorageDriverClaim) -> _Ref | None:
+    data = claim.claim_data if isinstance(claim.claim_data, dict) else {}
+    key, tenant = data.get("key"), data.get("tenant", DEFAULT_TENANT)
+    if not (isinstance(key, str) and len(key) == 64 and all(c in "0123456789abcdef" for c in key)):
+        return None
+    if not (isinstance(tenant, str) and TENANT_PATTERN.match(tenant)):
+        return None
+    return _Ref(tenant, key)
+
+
+def _partition(context: StorageDriverStoreContext) -> str:
+    """The tenant whose partition a payload goes to: the one its run's workflow id names. Payloads a
+    workflow stores, and those of the activities and children it runs, have the workflow as target."""
+    target = context.target
+    workflow_id = target.id if isinstance(target, StorageDriverWorkflowInfo) else None
+    return tenant_of_run_id(workflow_id) if workflow_id else DEFAULT_TENANT
+
+
+def _refused(ref: _Ref) -> Payload | None:
+    """The stand-in for a payload of a tenant this process is not reading for, else None."""
+    current = reading_as.get()
+    if current is not None and ref.tenant != current:
+        return unresolved("this payload belongs to another tenant's run")
+    return None
 
 
 class FileDriver(StorageDriver):
+    """Files under the root: `<k[:2]>/<k>` for the default tenant's runs, `tenants/<t>/<k[:2]>/<k>`
+    for another tenant's."""
+
     def __init__(self, root: Path) -> None:
         self._root = root
 
     def name(self) -> str:
         return "cairn-files"
 
-    def _path(self, key: str) -> Path:
-        return self._root / key[:2] / key
+    def _path(self, ref: _Ref) -> Path:
+        base = self._root if ref.tenant == DEFAULT_TENANT else self._root / "tenants" / ref.tenant
+        return base / ref.key[:2] / ref.key
 
-    def _write(self, data: bytes) -> str:
-        key = hashlib.sha256(data).hexdigest()
-        path = self._path(key)
+    def _write(self, tenant: str, data: bytes) -> _Ref:
+        ref = _Ref(tenant, hashlib.sha256(data).hexdigest())
+        path = self._path(ref)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{key}.{os.getpid()}.part")
+            partial = path.with_name(f".{ref.key}.{os.getpid()}.part")
             partial.write_bytes(data)
             partial.replace(path)  # Atomic: a reader sees the whole payload or none.
-        return key
+        return ref
 
     def _read(self, claim: StorageDriverClaim) -> Payload:
-        key = _key_of(claim)
-        if key is None:
+        ref = _ref_of(claim)
+        if ref is None:
             return unresolved(f"not a payload reference of Cairn's: {str(claim.claim_data)[:100]}")
+        refused = _refused(ref)
+        if refused is not None:
+            return refused
         try:
-            return Payload.FromString(self._path(key).read_bytes())
+            return Payload.FromString(self._path(ref).read_bytes())
         except FileNotFoundError:
             return unresolved(
-                f"payload {key} is not in {self._root}: this process must use the CAIRN_HOME (or "
+                f"payload {ref.key} is not in {self._root}: this process must use the CAIRN_HOME (or "
                 "DATABASE_URL) of the worker that wrote it"
             )
 
     async def store(
         self, context: StorageDriverStoreContext, payloads: Sequence[Payload]
     ) -> list[StorageDriverClaim]:
-        keys = await asyncio.to_thread(lambda: [self._write(p.SerializeToString()) for p in payloads])
-        return [StorageDriverClaim(claim_data={"key": k}) for k in keys]
+        tenant = _partition(context)
+        refs = await asyncio.to_thread(lambda: [self._write(tenant, p.SerializeToString()) for p in payloads])
+        return [ref.claim() for ref in refs]
 
     async def retrieve(
         self, context: StorageDriverRetrieveContext, claims: Sequence[StorageDriverClaim]
@@ -101,8 +160,9 @@ class FileDriver(StorageDriver):
 
 
 class PostgresDriver(StorageDriver):
-    """One table, `cairn_payloads`, created on first use. A connection is opened per batch: payload
-    traffic is a few calls per activity, and this keeps no connection state to go stale."""
+    """One table, `cairn_payloads`, created on first use, keyed by digest (`<tenant>/<digest>` outside
+    the default partition). A connection is opened per batch: payload traffic is a few calls per
+    activity, and this keeps no connection state to go stale."""
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
@@ -126,21 +186,22 @@ class PostgresDriver(StorageDriver):
     async def store(
         self, context: StorageDriverStoreContext, payloads: Sequence[Payload]
     ) -> list[StorageDriverClaim]:
+        tenant = _partition(context)
         blobs = [p.SerializeToString() for p in payloads]
-        keys = [hashlib.sha256(b).hexdigest() for b in blobs]
+        refs = [_Ref(tenant, hashlib.sha256(b).hexdigest()) for b in blobs]
         async with await self._connect() as conn:
             async with conn.cursor() as cur:
                 await cur.executemany(
                     "INSERT INTO cairn_payloads (key, data) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
-                    list(zip(keys, blobs, strict=True)),
+                    [(ref.row, blob) for ref, blob in zip(refs, blobs, strict=True)],
                 )
-        return [StorageDriverClaim(claim_data={"key": k}) for k in keys]
+        return [ref.claim() for ref in refs]
 
     async def retrieve(
         self, context: StorageDriverRetrieveContext, claims: Sequence[StorageDriverClaim]
     ) -> list[Payload]:
-        keys = [_key_of(c) for c in claims]
-        wanted = [k for k in keys if k is not None]
+        refs = [_ref_of(c) for c in claims]
+        wanted = [r.row for r in refs if r is not None and _refused(r) is None]
         found: dict[str, bytes] = {}
         if wanted:
             # A database that does not answer raises: that passes, and the workflow task is retried.
@@ -149,16 +210,19 @@ class PostgresDriver(StorageDriver):
                     "SELECT key, data FROM cairn_payloads WHERE key = ANY(%s)", (wanted,)
                 )
                 found = {key: bytes(data) for key, data in await cur.fetchall()}
-        return [
-            Payload.FromString(found[k])
-            if k is not None and k in found
-            else unresolved(
-                f"payload {k} is not in the PostgreSQL payload store (DATABASE_URL)"
-                if k
-                else "not a payload reference of Cairn's"
-            )
-            for k in keys
-        ]
+        answers = []
+        for ref in refs:
+            if ref is None:
+                answers.append(unresolved("not a payload reference of Cairn's"))
+            elif (refused := _refused(ref)) is not None:
+                answers.append(refused)
+            elif ref.row in found:
+                answers.append(Payload.FromString(found[ref.row]))
+            else:
+                answers.append(
+                    unresolved(f"payload {ref.key} is not in the PostgreSQL payload store (DATABASE_URL)")
+                )
+        return answers
 
 
 class _Unresolvable(StorageDriver):

@@ -53,15 +53,18 @@ PASSED_THROUGH = (
     "typing_extensions",
     # Cairn's own data types, names and error types: plain definitions, no I/O at import.
     "common.errors",
+    "common.events",
     "common.models",
     "common.names",
     "common.sandbox_models",
     "common.structured",
+    "common.tenancy",
     # Pure helpers of the workflows (input checks, plan books, budgets, activity calls, prompts, report
     # framing, UI details): no module state, no I/O, so one import serves every run.
     "workflows.budget",
     "workflows.calls",
     "workflows.details",
+    "workflows.event_log",
     "workflows.inputs",
     "workflows.plan_book",
     "workflows.prompts",

@@ -15,6 +15,8 @@ from pathlib import PurePosixPath
 
 from pydantic import BaseModel, Field, field_validator
 
+from common.tenancy import DEFAULT_TENANT
+
 MAX_INPUT_FILES = 32
 MAX_INPUT_BYTES = 1024 * 1024  # code plus all input files, as UTF-8
 MAX_SKIPPED_LISTED = 20  # skipped artifacts named in a result; the rest are only counted
@@ -34,6 +36,12 @@ class ExecRequest(BaseModel):
     timeout_seconds: float | None = None
     # A short label for the step (used in the artifacts path and in logs), e.g. "step-3".
     step: str = ""
+    # Whose run this is (common/tenancy.py): the artifacts go to that tenant's directory.
+    tenant: str = DEFAULT_TENANT
+    # The research run the step belongs to: its artifacts directory is that run's, one sub-directory
+    # per step (activities/sandbox/artifacts.py). "" (a request from before this field) means the
+    # calling workflow's own id.
+    run_id: str = ""
 
     @field_validator("files")
     @classmethod

@@ -7,6 +7,8 @@ defaults. Nothing here holds a key or a client.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import Field
 
 from common.models import Tolerant
@@ -62,3 +64,14 @@ class IngestReport(Tolerant):
     replaced: bool = False  # the document was ingested before and its passages were replaced
     unchanged: bool = False  # same content as before: nothing written
     error: str | None = None
+
+
+class DocumentEntry(Tolerant):
+    """One document of a corpus scope, as `Corpus.list_documents` (and the API's `GET /v1/documents`)
+    lists it: what is stored about it, never its text."""
+
+    path: str  # as ingested: an absolute path (`cairn ingest`) or `upload:<name>` (the API)
+    title: str = ""
+    passages: int = 0
+    sha256: str = ""  # of the title and text as stored: an unchanged re-ingest keeps it
+    ingested_at: datetime | None = None  # UTC: when this version of the document was stored

@@ -46,6 +46,7 @@ class DevServer:
     db_file: Path
     ui: bool = False
     search_attributes: bool = True
+    fairness: bool = True
     extra_args: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     ui_port: int | None = None
@@ -60,7 +61,7 @@ class DevServer:
         if self.ui and self.ui_port is None:
             self.ui_port = free_port()
         command = dev_server_command(
-            self.db_file, self.port, self.ui_port, self.extra_args, self.search_attributes
+            self.db_file, self.port, self.ui_port, self.extra_args, self.search_attributes, self.fairness
         )
         log = open(self.log_file or self.db_file.with_suffix(".log"), "ab")
         self._process = subprocess.Popen(

@@ -11,10 +11,16 @@ import json
 import sys
 import tempfile
 import uuid
+from datetime import timedelta
 from pathlib import Path
+
+from temporalio.common import RawValue
+from temporalio.contrib.workflow_streams import WorkflowStreamClient
 
 from client.api import CairnClient
 from common.config import LLMConfig, TemporalConfig
+from common.events import EVENTS_TOPIC, TERMINAL_EVENTS
+from common.models import ResearchInput
 from common.plugin import connect
 from common.web_config import FetchConfig, SearchConfig
 from testkit.dev_server import DevServer
@@ -113,6 +119,22 @@ async def _scenarios(cairn: CairnClient, llm: ScriptedLLM) -> dict[str, str]:
     await cairn.result(wid)
     ids["research_agent"] = wid
     ids["researcher"] = f"{wid}/s1"
+
+    # A tenant's run watched through its event stream (the stream's long-poll updates in history) and
+    # told of its step's tool calls (the tools' signals).
+    wid = "acme.research_watched"
+    request = ResearchInput(
+        question="Recorded watched run [steps=1]", tenant="acme", auto_approve=True, max_plan_iterations=0
+    )
+    await cairn.start_run(request, wid)
+    stream = WorkflowStreamClient.create(cairn.temporal, wid)
+    async for item in stream.subscribe(
+        [EVENTS_TOPIC], result_type=RawValue, poll_cooldown=timedelta(milliseconds=50)
+    ):
+        if json.loads(item.data.payload.data)["type"] in TERMINAL_EVENTS:
+            break
+    await cairn.result(wid)
+    ids["research_watched"] = wid
     return ids
 
 

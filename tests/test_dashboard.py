@@ -86,7 +86,7 @@ async def test_phase_and_owner_are_searchable(
 ) -> None:
     async with build_worker(temporal_client, task_queue, llm_config(llm), home=tmp_path):
         cairn = CairnClient(temporal_client, task_queue, owner_name="alice")
-        assert await cairn.registered_search_attributes() == {"CairnPhase", "CairnOwner"}
+        assert await cairn.registered_search_attributes() == {"CairnPhase", "CairnOwner", "CairnTenant"}
         wid = await cairn.start("Searchable run [steps=1]", max_plan_iterations=0)
         await wait_for(cairn, wid, "awaiting_approval")
         query = f"CairnPhase='awaiting_approval' AND CairnOwner='alice' AND WorkflowId='{wid}'"
@@ -119,7 +119,7 @@ async def test_a_server_without_the_search_attributes_still_runs(
         result = await cairn.result(wid)
         assert result.report and not phase_upserts(await history(cairn, wid))
         # A server Cairn owns gets them added (what `cairn dev` does for an older database).
-        assert await cairn.register_search_attributes() == {"CairnPhase", "CairnOwner"}
+        assert await cairn.register_search_attributes() == {"CairnPhase", "CairnOwner", "CairnTenant"}
 
 
 async def test_summaries_name_each_activity_and_step(cairn: CairnClient) -> None:

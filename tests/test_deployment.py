@@ -19,10 +19,15 @@ def compose() -> str:
 async def test_compose_file_is_valid_and_complete() -> None:
     await run(compose(), "-f", str(ROOT / "docker-compose.yml"), "config", "-q")
     _, services, _ = await run(compose(), "-f", str(ROOT / "docker-compose.yml"), "config", "--services")
-    assert set(services.split()) == {"postgresql", "temporal", "temporal-ui", "worker"}
+    assert set(services.split()) == {"postgresql", "temporal", "temporal-ui", "worker", "api"}
     _, rendered, _ = await run(compose(), "-f", str(ROOT / "docker-compose.yml"), "config")
     assert "DB: postgres12" in rendered and "TEMPORAL_ADDRESS: temporal:7233" in rendered
     assert "- doctor" in rendered  # the worker's health check is `cairn doctor`
+    assert "/readyz" in rendered  # the API's is its readiness route
+    assert "matching.enableFairness" in (ROOT / "temporal-dynamicconfig.yaml").read_text()
+    # The API is the only published port, on loopback unless told otherwise; Temporal and its Web UI
+    # stay on the compose network.
+    assert rendered.count("ports:") == 1 and "- 127.0.0.1:8000:8000" in rendered
 
 
 async def test_the_validator_would_catch_a_broken_file(tmp_path: Path) -> None:

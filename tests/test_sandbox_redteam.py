@@ -16,8 +16,9 @@ from pathlib import Path
 import docker
 import pytest
 
+from activities.sandbox.artifacts import NAME_DEPTH, NAME_PART_BYTES
 from activities.sandbox.engine import SANDBOX_ENV
-from activities.sandbox.runner import NAME_DEPTH, NAME_PART_BYTES, SandboxRunner
+from activities.sandbox.runner import SandboxRunner
 from common.sandbox_models import MAX_SKIPPED_LISTED, SUMMARY_CHARS, ExecRequest, ExecResult
 from tests.sandbox_support import REPO, assert_only_pool_left
 from workflows.coder import DESCRIBE_CHARS, describe

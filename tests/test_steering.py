@@ -7,14 +7,19 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.common import RawValue
+from temporalio.contrib.workflow_streams import WorkflowStreamClient
 
 from client.api import CairnClient, CairnError
 from common.config import ModelPrice, TemporalConfig
+from common.events import EVENTS_TOPIC, TERMINAL_EVENTS
 from common.plugin import connect
 from testkit.dev_server import DevServer
 from testkit.scripted_llm import ScriptedLLM
@@ -132,6 +137,20 @@ async def test_a_passed_deadline_finishes_with_what_the_run_has(cairn: CairnClie
     assert llm.calls("finding") == 0 and llm.calls("reporter") == 1  # The report is still written.
 
 
+async def stream_events(client: Client, workflow_id: str) -> list[tuple[int, dict[str, Any]]]:
+    """(offset, event) of a run's event stream, until its last event."""
+    read = []
+    stream = WorkflowStreamClient.create(client, workflow_id)
+    async for item in stream.subscribe(
+        [EVENTS_TOPIC], result_type=RawValue, poll_cooldown=timedelta(milliseconds=50)
+    ):
+        event = json.loads(item.data.payload.data)
+        read.append((item.offset, event))
+        if event["type"] in TERMINAL_EVENTS:
+            break
+    return read
+
+
 @pytest.fixture
 def short_history_server(tmp_path: Path) -> Iterator[DevServer]:
     """A server that suggests continue-as-new after 40 history events."""
@@ -152,9 +171,20 @@ async def test_a_long_run_continues_as_new_without_repeating_work(
     async with build_worker(client, task_queue, llm_config(llm), home=tmp_path):
         cairn = CairnClient(client, task_queue)
         wid = await cairn.start("Long run [steps=2] [replan=2]", auto_approve=True, max_plan_iterations=2)
+        watched = asyncio.create_task(stream_events(client, wid))  # read live, across the hand-overs
         result = await cairn.result(wid)
         status = await cairn.status(wid)
+        live = await asyncio.wait_for(watched, 30)
+        afterwards = await stream_events(client, wid)  # the closed run's stream, read from the start
     assert status.continued >= 1 and status.phase == "done"
+    # The event stream went through every continuation: the same events live and afterwards, offsets
+    # 0, 1, 2, ... with no gap and no repeat, plan versions in order, one end.
+    assert live == afterwards and [o for o, _ in live] == list(range(len(live)))
+    kinds = [e["type"] for _, e in live]
+    assert kinds.count("done") == 1 and kinds[-1] == "done"
+    versions = [e["plan"]["version"] for _, e in live if e["type"] == "plan"]
+    assert versions == sorted(versions) and versions[-1] == result.plan.version  # type: ignore[union-attr]
+    assert sum(1 for _, e in live if e["type"] == "step_finished") == 4
     assert [s.status for s in result.plan.steps] == ["done"] * 4  # type: ignore[union-attr]
     # Exactly the calls of a run that never continued: plan, two reviews, the report, and three per
     # step (two researcher turns and the finding) for four steps. None was made twice.

@@ -144,11 +144,12 @@ async def chat_structured(
     )
 
 
-async def save_report(markdown: str) -> SavedReport:
-    """The `report.save` activity: the run's report written under the worker's data directory."""
+async def save_report(markdown: str, tenant: str) -> SavedReport:
+    """The `report.save` activity: the run's report written under the worker's data directory, in
+    the tenant's own part of it."""
     return await workflow.execute_activity(
         REPORT_SAVE,
-        SaveReport(workflow_id=workflow.info().workflow_id, markdown=markdown),
+        SaveReport(workflow_id=workflow.info().workflow_id, markdown=markdown, tenant=tenant),
         result_type=SavedReport,
         start_to_close_timeout=REPORT_SAVE_START_TO_CLOSE,
         retry_policy=REPORT_SAVE_RETRY,
@@ -156,12 +157,19 @@ async def save_report(markdown: str) -> SavedReport:
     )
 
 
-async def run_code(program: str, step_id: str, summary: str) -> ExecResult:
+async def run_code(program: str, step_id: str, summary: str, *, tenant: str, run_id: str) -> ExecResult:
     """The `sandbox.exec` activity: one program in a fresh sandbox container. A failing program is a
-    result (its exit code, output and limits hit), not a failure; an unavailable sandbox is."""
+    result (its exit code, output and limits hit), not a failure; an unavailable sandbox is. Its
+    artifacts are kept in run `run_id`'s directory, in `tenant`'s part of the worker's."""
     return await workflow.execute_activity(
         SANDBOX_EXEC,
-        ExecRequest(code=program, step=step_id, timeout_seconds=SANDBOX_TIMEOUT_SECONDS),
+        ExecRequest(
+            code=program,
+            step=step_id,
+            timeout_seconds=SANDBOX_TIMEOUT_SECONDS,
+            tenant=tenant,
+            run_id=run_id,
+        ),
         result_type=ExecResult,
         start_to_close_timeout=SANDBOX_START_TO_CLOSE,
         heartbeat_timeout=HEARTBEAT_TIMEOUT,

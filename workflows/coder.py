@@ -4,7 +4,8 @@ with the program's output and the files it made.
 
 Deterministic orchestration only: model calls and the sandbox run are activities. A failing program is
 data the model sees (exit code, stderr, limits hit), not an activity failure; an unavailable sandbox is
-an activity failure, and the step fails with its reason.
+an activity failure, and the step fails with its reason. The program's files are kept as the run's
+(the parent research run's id, or this workflow's own when started alone) and the run's tenant's.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class CoderWorkflow:
         task = one_input(CODER_WORKFLOW, inputs, StepInput)
         step = task.step
         usage = Usage()
+        parent = workflow.info().parent
+        run_id = parent.workflow_id if parent is not None else workflow.info().workflow_id
         conversation = prompts.code_messages(task.question, step.title, step.description, task.context)
         reply = await chat("coder", conversation, f"write code: {step.title}"[:200], usage)
         result: ExecResult | None = None
@@ -69,7 +72,11 @@ class CoderWorkflow:
         for attempt in range(task.max_code_fixes + 1):
             program = extract_program(reply.content)
             result = await run_code(
-                program, step.id, f"run code: step {step.id}" + (f" (fix {attempt})" if attempt else "")
+                program,
+                step.id,
+                f"run code: step {step.id}" + (f" (fix {attempt})" if attempt else ""),
+                tenant=task.tenant,
+                run_id=run_id,
             )
             if result.ok or attempt == task.max_code_fixes:
                 break

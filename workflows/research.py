@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RawValue, SearchAttributeKey
+from temporalio.contrib.workflow_streams import WorkflowStream
 from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
@@ -62,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.budget import Budget
     from workflows.calls import WORKFLOW_TASK_TIMEOUT, chat, chat_structured, save_report
     from workflows.details import render_details
+    from workflows.event_log import RunEvents
     from workflows.inputs import one_input
     from workflows.plan_book import PlanBook
 
@@ -120,6 +122,10 @@ class ResearchWorkflow:
             datetime.fromisoformat(carried.awaiting_since) if carried and carried.awaiting_since else None
         )
         self._budget = Budget(request, started_at, carried.budget if carried else None)
+        # The run's events (`GET /v1/runs/{id}/events`): a durable stream in workflow state, carried
+        # through continue-as-new with its offsets.
+        self._stream = WorkflowStream(carried.stream if carried else None)
+        self._events = RunEvents(self._stream, self._book.plan, self._usage)
         self._reached: str | None = None  # the limit that stopped new work, while it holds
         self._finished_by_budget: str | None = None
         self._steps: dict[str, asyncio.Task[None]] = {}  # running step tasks, for skip_step
@@ -146,14 +152,20 @@ class ResearchWorkflow:
             self._error = _root_message(err)
             await self._keep_what_was_found()
             self._set_phase("failed")
+            self._events.finish("failed", self._usage, self._error)
+            await self._release_watchers()
             raise ApplicationError(
                 f"research failed while {self._failed_while}: {self._error}",
                 type=errors.RESEARCH_FAILED,
                 non_retryable=True,
             ) from err
-        self._report_path = (await save_report(report)).path
+        self._report_path = (await save_report(report, self._input.tenant)).path
         self._set_phase("aborted" if self._abort else "done")
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._abort:
+            self._events.finish("aborted", self._usage, self._abort.reason)
+        else:
+            self._events.finish("done", self._usage)
+        await self._release_watchers()
         return ResearchResult(
             workflow_id=workflow.info().workflow_id,
             question=request.question,
@@ -165,6 +177,13 @@ class ResearchWorkflow:
             report_path=self._report_path,
             plan=self._book.plan,
         )
+
+    async def _release_watchers(self) -> None:
+        """Hand the waiting stream subscribers what they have not read (the last event included) and
+        turn new ones to the finished run, then wait for every handler, as a run must before it ends
+        or continues as new."""
+        self._stream.detach_pollers()
+        await workflow.wait_condition(workflow.all_handlers_finished)
 
     async def _keep_what_was_found(self) -> None:
         """A failed run (a dead LLM, say) still leaves its findings in a partial report on disk; the
@@ -180,7 +199,7 @@ class ResearchWorkflow:
             outcome="failed",
         )
         try:
-            self._report_path = (await save_report(report)).path
+            self._report_path = (await save_report(report, self._input.tenant)).path
         except FailureError as err:
             workflow.logger.warning("could not save the partial report of a failed run: %s", err)
 
@@ -192,6 +211,7 @@ class ResearchWorkflow:
             awaiting = carried is not None and carried.stage == "approval"
             if not resumed:
                 self._failed_while = "planning"
+                self._publish()  # The run's first event: it is planning.
                 await self._unless_aborted(self._within_budget())
                 draft = await self._unless_aborted(
                     chat_structured(
@@ -210,7 +230,7 @@ class ResearchWorkflow:
                     await self._await_approval()
                     self._failed_while = "researching"
                     await self._unless_aborted(self._execute_pending())
-                    self._continue_as_new_if_suggested()
+                    await self._continue_as_new_if_suggested()
                 resumed = awaiting = False
                 if self._iterations >= self._input.max_plan_iterations or self._finished_by_budget:
                     break
@@ -269,7 +289,7 @@ class ResearchWorkflow:
             if hand_over and self._changes is None and self._book.version == version:
                 # Nothing was decided and Temporal suggests a fresh history (a long wait, or a flood
                 # of signals): hand the waiting plan over to a new run of this one.
-                self._continue_as_new("approval", since)
+                await self._continue_as_new("approval", since)
             if self._changes is not None:
                 changes, self._changes = self._changes, None
                 await self._unless_aborted(self._within_budget())
@@ -338,6 +358,7 @@ class ResearchWorkflow:
                         tool_calls=self._input.researcher_tool_calls,
                         tokens=self._step_tokens(),
                         context_tokens=self._input.researcher_context_tokens,
+                        tenant=self._input.tenant,
                     ),
                     id=f"{workflow.info().workflow_id}/{step.id}",
                     result_type=Finding,
@@ -403,15 +424,21 @@ class ResearchWorkflow:
         if self._abort is None:
             self._set_phase(phase)
 
-    def _continue_as_new_if_suggested(self) -> None:
+    async def _continue_as_new_if_suggested(self) -> None:
         """Between rounds (no step running) a long run hands its state to a fresh run when Temporal
         suggests it, so history never outgrows the server's limits. Nothing is repeated: the plan,
         findings, usage and budgets travel in the input."""
         if workflow.info().is_continue_as_new_suggested():
-            self._continue_as_new("review", None)
+            await self._continue_as_new("review", None)
 
-    def _continue_as_new(self, stage: Literal["review", "approval"], awaiting_since: datetime | None) -> None:
+    async def _continue_as_new(
+        self, stage: Literal["review", "approval"], awaiting_since: datetime | None
+    ) -> None:
         assert self._book.plan is not None
+        await self._release_watchers()  # They follow the run to its continuation.
+        if self._abort is not None or self._approved is not None or self._changes is not None:
+            # A decision arrived while handlers finished: act on it here rather than carry it over.
+            return
         carried = Carried(
             plan=self._book.plan,
             findings=self._book.ordered_findings(),
@@ -423,6 +450,7 @@ class ResearchWorkflow:
             budget=self._budget.as_raise(),
             stage=stage,
             awaiting_since=awaiting_since.isoformat() if awaiting_since else None,
+            stream=self._stream.get_state(),
         )
         workflow.logger.info("continuing as new (history is long): run %d", carried.continued + 1)
         workflow.continue_as_new(self._input.model_copy(update={"carried": carried}))
@@ -567,16 +595,15 @@ class ResearchWorkflow:
         return None
 
     def _publish(self) -> None:
-        """Keep the Web UI's 'current details' in step with the state a person acts on."""
+        """Keep the Web UI's 'current details' and the run's event stream in step with the state a
+        person acts on."""
+        waiting_for = self._waiting_for()
         workflow.set_current_details(
             render_details(
-                workflow.info().workflow_id,
-                self._phase,
-                self._book.plan,
-                self._usage,
-                self._waiting_for(),
+                workflow.info().workflow_id, self._phase, self._book.plan, self._usage, waiting_for
             )
         )
+        self._events.observe(self._phase, waiting_for, self._book.plan, self._book.findings, self._usage)
 
     # -- signals, update, query ----------------------------------------------------------------
 

@@ -3,9 +3,11 @@
 Why this exists: the researcher's `corpus_search` tool and `cairn ingest` need one store with one
 behaviour whichever database holds it: SQLite FTS5 in CAIRN_HOME (the embedded default, nothing to run)
 or PostgreSQL full-text search when DATABASE_URL is set (several workers, one corpus). A `scope`
-separates collections: "corpus" for ingested documents, "run:<workflow id>" for a run's archive, each
-ranked with its own statistics. This module chooses the store; `store` holds what both backends share,
-`sqlite` and `postgres` the backends, `documents` the reading and splitting of documents.
+separates collections, each ranked with its own statistics: a tenant's documents (`corpus_scope` of
+common/tenancy.py: "corpus" for the default tenant, "corpus:<tenant>" for another) and a run's archive
+("run:<workflow id>"). A search reads one scope only, so one tenant never finds another's documents.
+This module chooses the store; `store` holds what both backends share, `sqlite` and `postgres` the
+backends, `documents` the reading and splitting of documents, `uploads` the API's ingestion of bytes.
 
 Must never: import a backend before a store is opened or named. Every `cairn` command imports
 `documents` through this package, and only an opened corpus needs sqlite3 or psycopg.

@@ -1,8 +1,11 @@
 """Reading a person's documents (text, markdown, HTML, PDF) as plain text, and cutting text into passages.
 
-Why this exists: `cairn ingest` and the corpus store need one answer to "what is the text of this file"
-and "where are its passages", so a passage's `char_offset` always points into the same text that
-`read_document` returned. The researcher sees passages, never whole files.
+Why this exists: `cairn ingest`, uploads over the HTTP API (activities/corpus/uploads.py) and the corpus
+store need one answer to "what is the text of this document" and "where are its passages", so a
+passage's `char_offset` always points into the same text that `read_document` returned. A file on disk
+(`read_document`) and bytes received over HTTP (`parse_document`) go through the same checks: the
+suffixes read, the size cap, sniffing that the bytes are what the suffix names, and the parsers. The
+researcher sees passages, never whole files.
 
 Must never: guess at a format it does not support (an unsupported file is a clear error, not an empty
 document), execute or fetch anything a document refers to (no scripts, no external entities, no URLs),
@@ -17,9 +20,10 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from io import BytesIO
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Literal
 
 SUPPORTED = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf")
 _HTML = (".html", ".htm")
@@ -59,27 +63,68 @@ _BINARY_MAGIC = (
 )
 
 
+# Why a document was refused: `not_regular` (a directory, FIFO, device or socket), `too_large` (over the
+# cap), `not_its_format` (binary data, or not the format its suffix names). The HTTP API answers each
+# with its own status (413 for too_large); the CLI prints the message.
+Refusal = Literal["not_regular", "too_large", "not_its_format"]
+
+
+class UnsupportedDocument(ValueError):
+    """A name whose suffix is not one we read (or no name at all): refused before a byte is looked at."""
+
+
 class NotADocument(ValueError):
     """A file refused before any parser sees it: not a regular file, too large, or not the format its
-    suffix names. The message says which, for the person who named the file."""
+    suffix names. The message says which, for the person who named the file; `reason` says it for
+    a program."""
+
+    def __init__(self, message: str, reason: Refusal = "not_its_format") -> None:
+        super().__init__(message)
+        self.reason: Refusal = reason
+
+
+def max_bytes_from(environ: Mapping[str, str]) -> int:
+    """The per-document cap: CAIRN_INGEST_MAX_BYTES, or MAX_BYTES when it is unset or empty; ValueError
+    for a value that is not a positive number of bytes."""
+    raw = environ.get("CAIRN_INGEST_MAX_BYTES", "").strip()
+    if not raw:
+        return MAX_BYTES
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ValueError(f"CAIRN_INGEST_MAX_BYTES must be a positive number of bytes, not {raw[:40]!r}")
+    return int(raw)
+
+
+def check_suffix(name: str) -> str:
+    """The lower-case suffix of the document name `name`, or UnsupportedDocument for one we do not read."""
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix not in SUPPORTED:
+        raise UnsupportedDocument(
+            f"cannot read {name}: unsupported suffix {suffix or '(none)'!r}; {supported_text()}"
+        )
+    return suffix
 
 
 def read_document(path: Path, max_bytes: int = MAX_BYTES) -> tuple[str, str]:
-    """(title, text) of a document; ValueError for a suffix we do not read, NotADocument for a file that
-    is not a document of its suffix's kind."""
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED:
-        raise ValueError(
-            f"cannot read {path.name}: unsupported suffix {suffix or '(none)'!r}; {supported_text()}"
-        )
-    raw = _read_regular(path, max_bytes)
+    """(title, text) of a document file; UnsupportedDocument (a ValueError) for a suffix we do not read,
+    NotADocument for a file that is not a document of its suffix's kind."""
+    check_suffix(path.name)  # Before the file is opened: an unsupported one is never read.
+    return parse_document(path.name, _read_regular(path, max_bytes), max_bytes)
+
+
+def parse_document(name: str, raw: bytes, max_bytes: int = MAX_BYTES) -> tuple[str, str]:
+    """(title, text) of `raw`, the bytes of a document called `name` (its suffix names the format, its
+    stem is a PDF's title when the PDF has none); the same errors as `read_document`. CPU-bound (PDF
+    and HTML parsing): call it off the event loop."""
+    suffix = check_suffix(name)
+    if len(raw) > max_bytes:
+        raise NotADocument(_too_large(max_bytes, len(raw)), "too_large")
     for magic, kind in _BINARY_MAGIC:
         if raw.startswith(magic):
             raise NotADocument(f"{kind}, not a document, whatever its suffix says")
     if suffix == ".pdf":
         if not raw.startswith(b"%PDF"):
             raise NotADocument("not a PDF: it does not start with %PDF")
-        return _read_pdf(raw, path.stem)
+        return _read_pdf(raw, PurePosixPath(name).stem)
     if suffix in _HTML:
         _as_text(raw, legacy_encoding_ok=True)  # Refuses what is not text before the parser sees it.
         return _read_html(raw)
@@ -106,7 +151,7 @@ def _read_regular(path: Path, max_bytes: int) -> bytes:
     finally:
         os.close(fd)
     if len(data) > max_bytes:
-        raise NotADocument(_too_large(max_bytes))
+        raise NotADocument(_too_large(max_bytes), "too_large")
     return bytes(data)
 
 
@@ -120,9 +165,9 @@ def _require_regular(info: os.stat_result, max_bytes: int) -> None:
             (stat.S_ISSOCK, "a socket"),
         )
         kind = next((name for test, name in kinds if test(info.st_mode)), "a special file")
-        raise NotADocument(f"{kind}, not a regular file")
+        raise NotADocument(f"{kind}, not a regular file", "not_regular")
     if info.st_size > max_bytes:  # Its apparent size: a sparse file is refused without a byte read.
-        raise NotADocument(_too_large(max_bytes, info.st_size))
+        raise NotADocument(_too_large(max_bytes, info.st_size), "too_large")
 
 
 def _too_large(max_bytes: int, size: int | None = None) -> str:
@@ -168,7 +213,7 @@ def iter_documents(paths: list[Path]) -> Iterator[Path]:
                     yield child
         elif path.exists():
             if path.suffix.lower() not in SUPPORTED:
-                raise ValueError(
+                raise UnsupportedDocument(
                     f"{path}: unsupported suffix {path.suffix or '(none)'!r}; {supported_text()}"
                 )
             yield path

@@ -24,7 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 from temporalio.exceptions import ApplicationError
 
 from activities.corpus.store import Corpus, passage, unavailable, words
-from common.tool_models import IngestReport, Passage
+from common.tool_models import DocumentEntry, IngestReport, Passage
 
 T = TypeVar("T")
 
@@ -233,6 +233,21 @@ class PostgresCorpus(Corpus):
         async def work(conn: psycopg.AsyncConnection[Any]) -> list[Passage]:
             cur = await conn.execute(_SEARCH, params)
             return [passage(r, score=float(r[5])) for r in await cur.fetchall()]
+
+        return await self._run(work)
+
+    async def _list(self, scope: str, after: str, limit: int) -> list[DocumentEntry]:
+        async def work(conn: psycopg.AsyncConnection[Any]) -> list[DocumentEntry]:
+            # COLLATE "C": paths compare byte by byte, whatever the database's locale, as in SQLite.
+            cur = await conn.execute(
+                "SELECT path, title, passages, sha256, ingested_at FROM cairn_corpus_documents "
+                'WHERE scope = %s AND path COLLATE "C" > %s ORDER BY path COLLATE "C" LIMIT %s',
+                (scope, after, limit),
+            )
+            return [
+                DocumentEntry(path=r[0], title=r[1], passages=r[2], sha256=r[3], ingested_at=r[4])
+                for r in await cur.fetchall()
+            ]
 
         return await self._run(work)
 

@@ -16,13 +16,14 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 from temporalio.exceptions import ApplicationError
 
 from activities.corpus.store import Corpus, passage, unavailable
-from common.tool_models import IngestReport, Passage
+from common.tool_models import DocumentEntry, IngestReport, Passage
 
 T = TypeVar("T")
 
@@ -169,6 +170,21 @@ class SQLiteCorpus(Corpus):
 
         return await self._call(work)
 
+    async def _list(self, scope: str, after: str, limit: int) -> list[DocumentEntry]:
+        def work(conn: sqlite3.Connection) -> list[DocumentEntry]:
+            # BINARY collation: paths compare byte by byte, as the PostgreSQL store's COLLATE "C" does.
+            rows = conn.execute(
+                "SELECT path, title, passages, sha256, ingested_at FROM documents "
+                "WHERE scope = ? AND path > ? ORDER BY path LIMIT ?",
+                (scope, after, limit),
+            ).fetchall()
+            return [
+                DocumentEntry(path=r[0], title=r[1], passages=r[2], sha256=r[3], ingested_at=_utc(r[4]))
+                for r in rows
+            ]
+
+        return await self._call(work)
+
     async def documents(self, scope: str = "corpus") -> int:
         def work(conn: sqlite3.Connection) -> int:
             return int(conn.execute("SELECT count(*) FROM documents WHERE scope = ?", (scope,)).fetchone()[0])
@@ -188,3 +204,8 @@ class SQLiteCorpus(Corpus):
 
     async def close(self) -> None:
         """Nothing held open: each call had its own connection."""
+
+
+def _utc(stamp: str | None) -> datetime | None:
+    """SQLite's CURRENT_TIMESTAMP ("YYYY-MM-DD HH:MM:SS", UTC) as an aware datetime."""
+    return datetime.fromisoformat(stamp).replace(tzinfo=UTC) if stamp else None

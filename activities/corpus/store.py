@@ -25,10 +25,12 @@ from temporalio.exceptions import ApplicationError
 
 from activities.corpus.documents import split_passages
 from common import errors
-from common.tool_models import IngestReport, Passage
+from common.tool_models import DocumentEntry, IngestReport, Passage
 
 MAX_QUERY_TERMS = 32
 MAX_LIMIT = 50
+# Documents one listing returns at most; a longer listing is read a page at a time (`after`).
+MAX_LISTED = 1000
 # Letters and digits only: no character that survives can be an operator in FTS5 or tsquery syntax.
 _WORD = re.compile(r"[^\W_]+")
 
@@ -82,6 +84,14 @@ class Corpus(ABC):
             return []
         return await self._search(scope, terms, max(1, min(limit, MAX_LIMIT)))
 
+    async def list_documents(
+        self, scope: str, *, after: str = "", limit: int = MAX_LISTED
+    ) -> list[DocumentEntry]:
+        """The documents of `scope` in order of their path (compared byte by byte, the same in every
+        store), those after the path `after` only, at most `limit` (MAX_LISTED at most): pass the
+        last path of a page as `after` to read the next."""
+        return await self._list(scope, after, max(1, min(limit, MAX_LISTED)))
+
     @abstractmethod
     async def _store(
         self, scope: str, path: str, title: str, digest: str, pieces: list[tuple[int, str]]
@@ -89,6 +99,9 @@ class Corpus(ABC):
 
     @abstractmethod
     async def _search(self, scope: str, terms: list[str], limit: int) -> list[Passage]: ...
+
+    @abstractmethod
+    async def _list(self, scope: str, after: str, limit: int) -> list[DocumentEntry]: ...
 
     @abstractmethod
     async def documents(self, scope: str = "corpus") -> int: ...

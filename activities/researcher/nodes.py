@@ -10,6 +10,10 @@ last attempt, or for a failure that retrying cannot help (a refused address, a 4
 with a typed error the model reads and works around. That is an explicit "no result", never data that
 looks like success. A fetched page is also filed in the run's archive, so `recall` can search its full
 text after working memory has let it go.
+
+Scopes come from the tool task the workflow built, never from the model's arguments: `corpus_search`
+reads the run's tenant's documents only (`task["corpus"]`; a task from before tenants has none and
+means the default tenant's, "corpus"), `recall` the run's own archive.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from activities.fetch import PageFetcher
 from activities.heartbeat import with_heartbeats
 from activities.llm import LLMActivities, to_langchain
 from activities.researcher.finding import notes_of, parse_finding
+from activities.run_events import tell_tool_call
 from activities.web_search import WebSearch
 from common import errors
 from common.names import TOOL_CORPUS_SEARCH, TOOL_FETCH_URL, TOOL_RECALL, TOOL_WEB_SEARCH
 from common.structured import finding_model, output_spec
+from common.tenancy import DEFAULT_CORPUS_SCOPE, is_document_scope
 from workflows.calls import TOOL_ATTEMPTS
 from workflows.prompts import finding_messages
 from workflows.researcher.graph import ResearcherState, ToolTask, tool_answer
@@ -172,7 +178,7 @@ class ResearcherNodes:
             found = await self._search.search(_arg(task, "query"))
             return {"kind": "search", **found.model_dump()}
 
-        return tool_answer(task, await _typed_failures(run))
+        return await _answered(task, await _typed_failures(run))
 
     async def fetch_url(self, task: ToolTask) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
@@ -181,13 +187,20 @@ class ResearcherNodes:
                 await self._corpus.ingest(page.final_url, page.title, page.text, scope=task["scope"])
             return {"kind": "page", **page.model_dump()}
 
-        return tool_answer(task, await _typed_failures(run))
+        return await _answered(task, await _typed_failures(run))
 
     async def corpus_search(self, task: ToolTask) -> dict[str, Any]:
-        return tool_answer(task, await _typed_failures(lambda: self._passages(task, "corpus")))
+        scope = task.get("corpus") or DEFAULT_CORPUS_SCOPE
+        if not is_document_scope(scope):  # Only the workflow writes it; anything else is a bug, loudly.
+            raise ApplicationError(
+                f"corpus_search was given {scope[:80]!r}, which is not a tenant's documents",
+                type=errors.INVALID_INPUT,
+                non_retryable=True,
+            )
+        return await _answered(task, await _typed_failures(lambda: self._passages(task, scope)))
 
     async def recall(self, task: ToolTask) -> dict[str, Any]:
-        return tool_answer(task, await _typed_failures(lambda: self._passages(task, task["scope"])))
+        return await _answered(task, await _typed_failures(lambda: self._passages(task, task["scope"])))
 
     async def _passages(self, task: ToolTask, scope: str) -> dict[str, Any]:
         query = _arg(task, "query")
@@ -195,9 +208,19 @@ class ResearcherNodes:
         return {
             "kind": "passages",
             "query": query,
-            "archive": scope != "corpus",
+            "archive": not is_document_scope(scope),
             "passages": [p.model_dump() for p in found],
         }
+
+
+async def _answered(task: ToolTask, result: dict[str, Any]) -> dict[str, Any]:
+    """The tool's answer for the graph, once the run has been told of the call (activities/run_events.py)."""
+    call = task["call"]
+    args = call.get("args") or {}
+    detail = str(args.get("query") or args.get("url") or "") if isinstance(args, dict) else ""
+    outcome = str(result.get("type") or "error") if result.get("kind") == "error" else "ok"
+    await tell_tool_call(str(call.get("name", "")), detail, outcome)
+    return tool_answer(task, result)
 
 
 async def _typed_failures(run: Any) -> dict[str, Any]:

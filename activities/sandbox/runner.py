@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.sandbox.artifacts import shown_name
 from activities.sandbox.config import MIB, SandboxConfig
 from activities.sandbox.engine import (
     LABEL_DEADLINE,
@@ -59,11 +60,6 @@ T = TypeVar("T")
 
 PREVIEW_CHARS = 2000
 _TEXT_TYPES = ("text/", "application/json", "application/csv")
-# Artifact names as stored and shown: at most NAME_DEPTH components of at most NAME_PART_BYTES each.
-NAME_DEPTH = 8
-NAME_PART_BYTES = 100
-# Reserved on common file systems, or markup where names are shown; replaced like control characters.
-_SPECIAL = set('\\:*?"<>|`')
 
 
 class SandboxRunner:
@@ -258,25 +254,6 @@ class SandboxRunner:
         result.artifacts_skipped_unlisted = rep.artifacts_skipped_unlisted + len(skipped[MAX_SKIPPED_LISTED:])
         result.error = explain(result)
         return result
-
-
-def _safe_part(part: str) -> str:
-    """One printable path component of at most NAME_PART_BYTES, keeping a short extension if cut."""
-    part = "".join(ch if ch.isprintable() and ch not in _SPECIAL else "_" for ch in part)
-    if len(part.encode()) <= NAME_PART_BYTES:
-        return part
-    ext = PurePosixPath(part).suffix
-    ext = ext if len(ext.encode()) <= 12 else ""
-    head = part.encode()[: NAME_PART_BYTES - len(ext.encode()) - 1].decode("utf-8", "ignore")
-    return f"{head}~{ext}"
-
-
-def shown_name(name: str) -> str:
-    """The bounded, sanitised form of an artifact name from the sandbox, as stored and shown."""
-    parts = [_safe_part(p) for p in name.split("/") if p not in ("", ".")]
-    if len(parts) > NAME_DEPTH:
-        parts = [*parts[: NAME_DEPTH - 2], "~", *parts[-1:]]
-    return "/".join(parts) or "_"
 
 
 def _free(directory: Path, target: Path, taken: set[Path]) -> bool:

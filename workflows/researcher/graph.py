@@ -34,6 +34,7 @@ from common.names import (
     TOOL_RECALL,
     TOOL_WEB_SEARCH,
 )
+from common.tenancy import DEFAULT_CORPUS_SCOPE
 from workflows.calls import (
     HEARTBEAT_TIMEOUT,
     LLM_HEARTBEAT,
@@ -88,6 +89,9 @@ class ResearcherState(TypedDict, total=False):
     offered: list[str]  # the tools this worker offers (only configured search backends)
     limits: Limits
     scope: str  # the run's archive
+    # The tenant's documents, the only ones `corpus_search` reads (common/tenancy.py corpus_scope). A
+    # state begun before tenants has none: that was the default tenant's, "corpus".
+    corpus: str
     turn: int
     finding: dict[str, Any] | None
     finding_error: str
@@ -97,7 +101,8 @@ class ResearcherState(TypedDict, total=False):
 
 class ToolTask(TypedDict, total=False):
     call: dict[str, Any]
-    scope: str
+    scope: str  # the run's archive: where fetch_url files pages and recall searches
+    corpus: str  # the tenant's documents: where corpus_search searches; absent means "corpus"
     refusal: str
     refusal_type: str  # the typed error the model reads for a refused call
 
@@ -141,7 +146,13 @@ async def after_model(state: ResearcherState) -> Any:
         elif i >= remaining:
             refusal = "the step's tool-call budget is spent; write up what you have"
         target = NODE_REFUSE if refusal else call["name"]
-        task = ToolTask(call=call, scope=state.get("scope", ""), refusal=refusal, refusal_type=kind)
+        task = ToolTask(
+            call=call,
+            scope=state.get("scope", ""),
+            corpus=state.get("corpus", DEFAULT_CORPUS_SCOPE),
+            refusal=refusal,
+            refusal_type=kind,
+        )
         sends.append(Send(target, task))
     return sends
 

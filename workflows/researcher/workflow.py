@@ -5,6 +5,9 @@ tool and finding-writer nodes are activities, its control flow replays here. A c
 nothing that had finished: completed model and tool calls are in history and are not made again.
 This workflow turns the graph's final state into a Finding: the summary, the claims, only the sources
 the claims cite, and the usage of every model call.
+
+Whose documents the step may search is decided here, from the step's tenant, and travels in the graph's
+state to every `corpus_search` call: the model never names a scope, so no prompt can widen it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
 
     from common.models import Claim, Finding, Source, StepInput, Usage
     from common.names import RESEARCHER_GRAPH, RESEARCHER_WORKFLOW
+    from common.tenancy import corpus_scope
     from workflows import prompts
     from workflows.inputs import one_input
     from workflows.researcher.graph import (
@@ -44,6 +48,10 @@ class ResearcherWorkflow:
     async def run(self, *inputs: Any) -> Finding:
         task = one_input(RESEARCHER_WORKFLOW, inputs, StepInput)
         step = task.step
+        try:
+            corpus = corpus_scope(task.tenant)  # Pure: the same scope on every replay.
+        except ValueError as err:
+            raise ApplicationError(str(err), type=errors.INVALID_INPUT, non_retryable=True) from None
         limits = Limits(tool_calls=task.tool_calls, tokens=task.tokens, context_tokens=task.context_tokens)
         assignment = prompts.step_task(task.question, step.title, step.description, task.context)
         start: ResearcherState = {
@@ -57,6 +65,7 @@ class ResearcherWorkflow:
             "offered": [],
             "limits": limits,
             "scope": task.archive_scope,
+            "corpus": corpus,
             "turn": 0,
             "finding": None,
             "finding_error": "",

@@ -1,0 +1,50 @@
+"""Tool calls told to the run they belong to: each researcher tool call and each coder program run
+becomes a `tool_call` event in the run's workflow stream (common/events.py), published by the activity
+that made it, through the SDK's WorkflowStreamClient (a signal to the run).
+
+A step's workflow id is `<run>/<step>`, so the activity knows its run without being told. Telling is
+best effort: a run that cannot be reached (gone, or Temporal busy) costs the tool call nothing, and the
+event is lost rather than the work. A retried attempt is a call of its own, and is told again.
+
+Must never: fail or delay a tool call beyond one signal, or put anything in an event that the run's own
+tenant may not see (the detail is the query, the URL or the program's first line, bounded).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from temporalio import activity
+from temporalio.contrib.workflow_streams import WorkflowStreamClient
+
+from common.events import EVENTS_TOPIC, MAX_TOOL_DETAIL_CHARS, RunEvent, ToolCall
+
+# A signal that has not gone through in this time is given up: the tool call does not wait for it.
+PUBLISH_PATIENCE = timedelta(seconds=5)
+
+
+async def tell_tool_call(tool: str, detail: str, outcome: str = "ok") -> None:
+    try:
+        workflow_id = activity.info().workflow_id or ""
+        client = activity.client()
+    except RuntimeError:  # Not in a worker's activity (a test's ActivityEnvironment): nobody to tell.
+        return
+    run_id, _, step_id = workflow_id.partition("/")
+    if not step_id:
+        return  # Not a step of a run.
+    event = RunEvent(
+        type="tool_call",
+        at=datetime.now(UTC).isoformat(),
+        tool=ToolCall(
+            step_id=step_id,
+            tool=tool,
+            detail=" ".join(detail.split())[:MAX_TOOL_DETAIL_CHARS],
+            outcome=outcome,
+        ),
+    )
+    stream = WorkflowStreamClient.create(client, run_id, max_retry_duration=PUBLISH_PATIENCE)
+    try:
+        async with stream:
+            stream.topic(EVENTS_TOPIC, type=RunEvent).publish(event)
+    except Exception as err:  # Best effort by design: the tool's answer matters, the event less.
+        activity.logger.warning("could not tell run %s of a %s call: %s", run_id, tool, str(err)[:200])

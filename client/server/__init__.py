@@ -1,0 +1,1 @@
+"""`cairn serve`: the multi-tenant HTTP API, its credentials and its database."""

@@ -1,0 +1,109 @@
+"""The API tests' stack: the session's Temporal dev server, a worker, a scripted LLM and `cairn serve` as
+a real process on loopback, shared by one test module.
+
+Why this exists: starting `cairn serve` (a Python process importing FastAPI and the Temporal client)
+takes seconds, so a module's tests share one, each on its own runs and tenants. Keys are made in the
+API's own database (SQLite in the stack's CAIRN_HOME), as `cairn keys create` makes them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.client import Client
+
+from client.server.auth import Role
+from client.server.keys import KeyStore
+from common.config import LLMLimits
+from testkit.api_server import ApiServer
+from testkit.dev_server import DevServer
+from testkit.scripted_llm import ScriptedLLM
+from tests.conftest import SENTINEL_KEY, cli_env, llm_config
+from worker import build_worker
+
+TENANTS_FILE = """
+[defaults]
+concurrent_runs = 50
+requests_per_minute = 6000
+
+[tenants.solo]
+concurrent_runs = 1
+
+[tenants.frugal]
+concurrent_runs = 2
+tokens_per_day = 40000
+
+[tenants.chatty]
+requests_per_minute = 5
+"""
+
+
+@dataclass
+class ApiStack:
+    api: ApiServer
+    llm: ScriptedLLM
+    temporal: Client
+    task_queue: str
+    home: Path
+    env: dict[str, str]
+    _keys: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    async def key(self, tenant: str, role: Role = "member") -> str:
+        """An API key of `tenant` with `role` (one per pair, made on first use)."""
+        if (tenant, role) not in self._keys:
+            store = await KeyStore.open({"CAIRN_HOME": str(self.home)})
+            try:
+                self._keys[tenant, role], _ = await store.create(tenant, role, f"test {role}")
+            finally:
+                await store.close()
+        return self._keys[tenant, role]
+
+    async def client(
+        self, tenant: str | None = None, role: Role = "member", **kwargs: Any
+    ) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {await self.key(tenant, role)}"} if tenant else {}
+        return httpx.AsyncClient(base_url=self.api.url, headers=headers, timeout=30, **kwargs)
+
+
+async def api_stack(
+    dev_server: DevServer,
+    temporal_client: Client,
+    tmp: Path,
+    payload_dir: Path,
+    llm_limits: LLMLimits | None = None,
+    **extra_env: str,
+) -> AsyncIterator[ApiStack]:
+    """Start the stack; for a module fixture to yield from."""
+    task_queue = f"api-{uuid.uuid4().hex[:8]}"
+    home = tmp / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    tenants = tmp / "tenants.toml"
+    tenants.write_text(TENANTS_FILE)
+    env = cli_env(
+        TEMPORAL_ADDRESS=dev_server.address,
+        CAIRN_TASK_QUEUE=task_queue,
+        CAIRN_HOME=str(home),
+        CAIRN_PAYLOAD_DIR=str(payload_dir),
+        CAIRN_TENANTS_FILE=str(tenants),
+        CAIRN_SSE_KEEPALIVE_SECONDS="1",
+        **extra_env,
+    )
+    llm = ScriptedLLM(api_key=SENTINEL_KEY).start()
+    api = ApiServer(env=env, log_file=tmp / "api.log")
+    try:
+        async with build_worker(
+            temporal_client, task_queue, llm_config(llm), home=home, llm_limits=llm_limits
+        ):
+            api.start()
+            yield ApiStack(api, llm, temporal_client, task_queue, home, env)
+    finally:
+        api.stop()
+        llm.stop()
+        if os.environ.get("CAIRN_TEST_SHOW_API_LOG"):
+            print(api.log())
