@@ -14,10 +14,11 @@ shared by all workers protects it; a per-worker limit would grow with the number
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
@@ -29,7 +30,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.langgraph import LangGraphPlugin
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
 from activities.corpus import Corpus, open_corpus
 from activities.fetch import PageFetcher
@@ -52,6 +53,7 @@ from common.config import (
 from common.names import RESEARCHER_GRAPH, llm_task_queue
 from common.plugin import connect
 from common.tracing import process_tracing, shutdown_process_tracing
+from common.version import __version__
 from common.web_config import FetchConfig, SearchConfig
 from workflows.registry import WORKFLOWS
 from workflows.researcher.graph import build_graph
@@ -59,14 +61,24 @@ from workflows.researcher.graph import build_graph
 log = logging.getLogger("cairn.worker")
 
 
-# Every plan step is a new child workflow, whose first task comes from the normal (not the sticky)
-# queue; the SDK's default gives that queue one poller in five.
+# The worker's build id, named rather than computed: the SDK's default hashes the code of every loaded
+# module, a third of a second before a restarted worker may poll. Cairn does not use worker
+# versioning; the id names the release in the server's views of pollers.
+BUILD_ID = f"cairn-{__version__}"
+
 POLLER_TUNING: dict[str, Any] = {
-    "max_concurrent_workflow_task_polls": 10,
+    # Workflow-task pollers follow the server's hints of its backlog, from 2 to 40: with a fixed ten, a
+    # worker with 200 runs left thousands of tasks to wait out its sticky queue and be replayed
+    # (bench/scale_out.py; docs/benchmarks.md has the figures).
+    "workflow_task_poller_behavior": PollerBehaviorAutoscaling(minimum=2, maximum=40, initial=10),
+    # Every plan step is a new child workflow, whose first task comes from the normal (not the sticky)
+    # queue; the SDK's default gives that queue one poller in five.
     "nonsticky_to_sticky_poll_ratio": 1.0,
     # A workflow task waits this long on a dead worker's sticky queue before any worker may take it
-    # (the SDK's default is 10 s): after a crash, runs move on within seconds.
-    "sticky_queue_schedule_to_start_timeout": timedelta(seconds=2),
+    # (the SDK's default is 10 s): after a crash, runs move on within seconds. One second is the least
+    # the server honours; under overload a live worker's tasks also time out of its sticky queue, and
+    # are replayed from their history by whichever worker polls next (bench/scale_out.py counts them).
+    "sticky_queue_schedule_to_start_timeout": timedelta(seconds=1),
 }
 
 
@@ -74,8 +86,13 @@ class CairnWorker:
     """The Temporal workers of one Cairn worker process, started and stopped together:
     `async with build_worker(...)` or `await build_worker(...).run()`."""
 
-    def __init__(self, workers: list[Worker]) -> None:
+    def __init__(
+        self, workers: list[Worker], closers: list[Callable[[], Awaitable[None]]] | None = None
+    ) -> None:
         self.workers = workers
+        # Resources the activities hold (the LLM client's connection pool), released once the workers
+        # have stopped.
+        self._closers = closers or []
         self._stack: AsyncExitStack | None = None
 
     async def __aenter__(self) -> CairnWorker:
@@ -91,6 +108,12 @@ class CairnWorker:
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.__aexit__(exc_type, exc, tb)
+        await self._close()
+
+    async def _close(self) -> None:
+        closers, self._closers = self._closers, []
+        for close in closers:
+            await close()
 
     async def run(self) -> None:
         """Run until shut down; if one worker fails, the others stop too and the error is raised."""
@@ -101,6 +124,7 @@ class CairnWorker:
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(worker.shutdown() for worker in self.workers))
+        await self._close()
 
 
 def build_worker(
@@ -159,6 +183,7 @@ def build_worker(
                 activities=[llm_activities.chat, reports.save, sandbox.exec],
                 plugins=[researcher],
                 graceful_shutdown_timeout=timedelta(seconds=10),
+                build_id=BUILD_ID,
                 **{**POLLER_TUNING, **options},
             )
         )
@@ -176,10 +201,11 @@ def build_worker(
                 # Per worker: how many calls this process has in flight at once.
                 max_concurrent_activities=limits.max_concurrent,
                 graceful_shutdown_timeout=timedelta(seconds=10),
+                build_id=BUILD_ID,
                 identity=f"{options.get('identity') or client.identity}/llm",
             )
         )
-    return CairnWorker(workers)
+    return CairnWorker(workers, [llm_activities.close])
 
 
 T = TypeVar("T")
@@ -202,6 +228,18 @@ def metrics_runtime(port: int) -> Runtime:
     return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{port}")))
 
 
+async def warm_up(sandbox: SandboxActivities, role: str) -> None:
+    """What a worker needs soon but not to poll: the OpenAI SDK (imported off the event loop), and the
+    sandbox (containers a crashed worker left reaped, the warm pool filled)."""
+    if role != "workflows":
+        await asyncio.to_thread(importlib.import_module, "openai")
+    if role != "llm":  # An LLM-only worker runs no code.
+        try:
+            await sandbox.start()
+        except ApplicationError as err:
+            log.warning("code sandbox unavailable (%s): code steps fail until it is fixed", err)
+
+
 async def main() -> None:
     private_files()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -217,11 +255,6 @@ async def main() -> None:
     if port:
         log.info("metrics at http://127.0.0.1:%d/metrics", port)
     sandbox = SandboxActivities()
-    if role != "llm":  # An LLM-only worker runs no code.
-        try:
-            await sandbox.start()  # Reaps containers a crashed worker left and fills the warm pool.
-        except ApplicationError as err:
-            log.warning("code sandbox unavailable (%s): code steps fail until it is fixed", err)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -245,7 +278,11 @@ async def main() -> None:
         async with build_worker(
             client, config.task_queue, sandbox=sandbox, llm_limits=limits, role=role, tracer=tracer
         ):
+            # Polling first, then the rest: a restarted worker takes up its runs' work at once, and
+            # what it needs later comes while that work is under way.
+            warming = asyncio.create_task(warm_up(sandbox, role))
             await stop.wait()
+            warming.cancel()
     finally:
         await sandbox.close()
         shutdown_process_tracing()  # Export the spans still queued before the process ends.

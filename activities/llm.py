@@ -1,5 +1,12 @@
 """The `llm.chat` activity: one chat completion against an OpenAI-compatible server.
 
+The request goes out through the OpenAI SDK's client, built once per worker, as a plain
+`POST /chat/completions` with the body written here (messages as the API takes them, tools, the
+response format), on aiohttp where it is installed. That is what every call needs and no more: the
+SDK's typed `create` walks the whole request to transform it and LangChain's chat model adds its own
+layers, together 1.5 ms of a worker's CPU per call (docs/benchmarks.md), a tenth of everything a
+call costs the worker.
+
 Temporal owns retries, so the client is built with `max_retries=0` and every provider error is
 translated here, at the edge, into an `ApplicationError` with a stable type: rate limits and server
 errors are retryable (honouring `Retry-After`), a bad request or bad credentials are not. The API key
@@ -15,11 +22,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import openai
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
-from langchain_openai import ChatOpenAI
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -30,6 +35,19 @@ from common import errors
 from common.config import LLMConfig
 from common.models import ChatMessage, ChatRequest, ChatResponse, StructuredOutput
 from common.names import LLM_CHAT
+
+if TYPE_CHECKING:
+    import openai
+    from openai.types.chat import ChatCompletion
+
+
+def sdk() -> ModuleType:
+    """The OpenAI SDK, imported on first use: it is the heaviest import of a worker (0.4 s), and a
+    worker that has just started must poll first (worker.py imports it in the background then)."""
+    import openai
+
+    return openai
+
 
 # Stable error types: workflows, tests and operators match on these strings.
 
@@ -96,20 +114,20 @@ def translate_error(
 
 
 def _translate(err: Exception, model: str, tools: bool) -> ApplicationError:
-    if isinstance(err, openai.LengthFinishReasonError):
+    if isinstance(err, sdk().LengthFinishReasonError):
         return ApplicationError(
             f"model {model} stopped at its output token limit before finishing the answer: "
             "raise CAIRN_MAX_OUTPUT_TOKENS (or the server's limit)",
             type=errors.LLM_TRUNCATED,
             non_retryable=True,
         )
-    if isinstance(err, openai.ContentFilterFinishReasonError):
+    if isinstance(err, sdk().ContentFilterFinishReasonError):
         return ApplicationError(
             f"model {model}'s answer was withheld by the server's content filter",
             type=errors.LLM_CONTENT_FILTERED,
             non_retryable=True,
         )
-    if tools and isinstance(err, openai.APIStatusError) and err.status_code in (400, 422, 501):
+    if tools and isinstance(err, sdk().APIStatusError) and err.status_code in (400, 422, 501):
         detail = _detail(err)
         if any(word in detail.lower() for word in _TOOLS_REFUSED):
             return ApplicationError(
@@ -118,11 +136,11 @@ def _translate(err: Exception, model: str, tools: bool) -> ApplicationError:
                 type=errors.LLM_TOOLS_UNSUPPORTED,
                 non_retryable=True,
             )
-    if isinstance(err, openai.APITimeoutError):
+    if isinstance(err, sdk().APITimeoutError):
         return ApplicationError(f"LLM request to model {model} timed out", type=errors.LLM_TIMEOUT)
-    if isinstance(err, openai.APIConnectionError):
+    if isinstance(err, sdk().APIConnectionError):
         return ApplicationError(f"cannot reach the LLM server: {err}", type=errors.LLM_CONNECTION)
-    if isinstance(err, openai.APIStatusError):
+    if isinstance(err, sdk().APIStatusError):
         status = err.status_code
         detail = _detail(err)
         if status in _NON_RETRYABLE:
@@ -143,36 +161,58 @@ def _translate(err: Exception, model: str, tools: bool) -> ApplicationError:
     return ApplicationError(f"unexpected LLM client error: {err}", type=errors.LLM_SERVER)
 
 
-def to_langchain(message: ChatMessage | Mapping[str, Any]) -> BaseMessage:
-    """A chat message as LangChain takes it: a ChatMessage of `llm.chat`, or one of the researcher
+Message = dict[str, Any]  # a chat message as the API takes it
+
+
+def to_openai(message: ChatMessage | Mapping[str, Any]) -> Message:
+    """A chat message as the API takes it: a ChatMessage of `llm.chat`, or one of the researcher
     graph's plain-dict messages (which may carry tool calls, or answer one)."""
     m: Mapping[str, Any] = message.model_dump() if isinstance(message, ChatMessage) else message
     role, content = m["role"], m.get("content") or ""
-    if role == "system":
-        return SystemMessage(content=content)
-    if role == "user":
-        return HumanMessage(content=content)
     if role == "tool":
-        return ToolMessage(content=content, tool_call_id=m["tool_call_id"])
-    calls = [
-        {"id": c["id"], "name": c["name"], "args": c.get("args") or {}} for c in m.get("tool_calls") or []
-    ]
-    return AIMessage(content=content, tool_calls=calls)
+        return {"role": "tool", "tool_call_id": m["tool_call_id"], "content": content}
+    if role == "assistant" and m.get("tool_calls"):
+        calls = [
+            {
+                "id": c["id"],
+                "type": "function",
+                "function": {"name": c["name"], "arguments": json.dumps(c.get("args") or {})},
+            }
+            for c in m["tool_calls"]
+        ]
+        return {"role": "assistant", "content": content, "tool_calls": calls}
+    return {"role": role, "content": content}
+
+
+def tool_calls_of(message: Any) -> list[dict[str, Any]]:
+    """The reply's tool calls as `{"id", "name", "args"}`; a call whose arguments are not a JSON object
+    is kept, with `"error"` saying so, so the graph can answer it with a refusal the model learns from."""
+    calls: list[dict[str, Any]] = []
+    for i, call in enumerate(getattr(message, "tool_calls", None) or []):
+        function = getattr(call, "function", None)
+        name = str(getattr(function, "name", "") or "")
+        raw = getattr(function, "arguments", "") or ""
+        entry: dict[str, Any] = {"id": getattr(call, "id", None) or f"call-{i}", "name": name, "args": {}}
+        try:
+            args = json.loads(raw) if raw.strip() else {}
+            if not isinstance(args, dict):
+                raise ValueError(f"the arguments are a JSON {type(args).__name__}, not an object")
+            entry["args"] = args
+        except ValueError as err:
+            entry["error"] = f"arguments are not valid JSON: {err}"[:300]
+        calls.append(entry)
+    return calls
 
 
 @dataclass(frozen=True)
 class Completion:
-    message: AIMessage
+    text: str
+    tool_calls: list[dict[str, Any]]
     model: str
     input_tokens: int
     output_tokens: int
     cost_usd: float
     output_mode: str = ""  # how JSON was asked for: json_schema, json_object, prompt; "" for prose
-
-    @property
-    def text(self) -> str:
-        content = self.message.content
-        return content if isinstance(content, str) else str(content)
 
     def record(self) -> dict[str, Any]:
         """The call's usage as the researcher graph keeps it in its state (Usage.of_calls reads it)."""
@@ -207,7 +247,7 @@ _TOOLS_REFUSED = (
 
 def refuses_response_format(err: Exception) -> bool:
     """A 400 or 422 whose message names the response format: the server cannot do what was asked."""
-    if not isinstance(err, openai.APIStatusError) or err.status_code not in (400, 422):
+    if not isinstance(err, sdk().APIStatusError) or err.status_code not in (400, 422):
         return False
     text = f"{_detail(err)} {err.message}".lower()
     return any(word in text for word in _NAMES_RESPONSE_FORMAT)
@@ -223,13 +263,42 @@ def format_instruction(output: StructuredOutput) -> str:
     )
 
 
-def with_instruction(messages: list[BaseMessage], instruction: str) -> list[BaseMessage]:
+def with_instruction(messages: list[Message], instruction: str) -> list[Message]:
     """`messages` with `instruction` appended to the system message (one system message is what every
     chat template accepts), or opening the conversation when there is none."""
-    if messages and isinstance(messages[0], SystemMessage):
-        first = SystemMessage(content=f"{messages[0].content}\n\n{instruction}")
+    if messages and messages[0].get("role") in ("system", "developer"):
+        first = {**messages[0], "content": f"{messages[0].get('content') or ''}\n\n{instruction}"}
         return [first, *messages[1:]]
-    return [SystemMessage(content=instruction), *messages]
+    return [{"role": "system", "content": instruction}, *messages]
+
+
+def _http_client() -> Any:
+    """aiohttp under the SDK where it is installed (a dependency on every platform with a build): it
+    spends less of the worker's CPU per request than the SDK's default transport."""
+    try:
+        return sdk().DefaultAioHttpClient()
+    except RuntimeError:
+        return None
+
+
+def _chat_completion() -> type[ChatCompletion]:
+    from openai.types.chat import ChatCompletion
+
+    return ChatCompletion
+
+
+def _first_choice(reply: ChatCompletion, structured: bool) -> Any:
+    """The reply's answer (None when it has none). An answer asked for as JSON that the server stopped
+    at its token limit, or withheld, cannot be parsed: those raise the typed errors the SDK's
+    structured-output helper raises."""
+    if not reply.choices:
+        return None
+    choice = reply.choices[0]
+    if structured and choice.finish_reason == "length":
+        raise sdk().LengthFinishReasonError(completion=reply)
+    if structured and choice.finish_reason == "content_filter":
+        raise sdk().ContentFilterFinishReasonError()
+    return choice
 
 
 class LLMActivities:
@@ -238,7 +307,7 @@ class LLMActivities:
     def __init__(self, config: LLMConfig, telemetry: Telemetry | None = None) -> None:
         self._config = config
         self._telemetry = telemetry or Telemetry()
-        self._clients: dict[str, ChatOpenAI] = {}
+        self._http: openai.AsyncOpenAI | None = None
         # What each server and model accepts, learnt from its refusals, for the worker's lifetime.
         self._structured: dict[tuple[str | None, str], str] = {}
 
@@ -246,30 +315,37 @@ class LLMActivities:
     def config(self) -> LLMConfig:
         return self._config
 
-    def _client(self, role: str, model: str) -> ChatOpenAI:
-        effort = self._config.effort_for(role)
-        reasoning = self._config.is_reasoning(role, model)
-        key = f"{model}\0{effort or ''}"
-        client = self._clients.get(key)
-        if client is None:
-            options: dict[str, Any] = {}
-            # Reasoning models refuse any temperature but their default; never send one to them.
-            if self._config.temperature is not None and not reasoning:
-                options["temperature"] = self._config.temperature
-            if self._config.max_output_tokens is not None:
-                options["max_completion_tokens"] = self._config.max_output_tokens
-            if effort is not None:
-                options["reasoning_effort"] = effort
-            client = ChatOpenAI(
-                model=model,
-                api_key=self._config.api_key or "not-needed",  # type: ignore[arg-type]
+    def _client(self) -> openai.AsyncOpenAI:
+        """One client per worker, made on the first call (inside the worker's event loop, where its
+        connection pool lives)."""
+        if self._http is None:
+            self._http = sdk().AsyncOpenAI(
+                api_key=self._config.api_key or "not-needed",
                 base_url=self._config.base_url,
                 max_retries=0,
                 timeout=self._config.request_timeout_seconds,
-                **options,
+                http_client=_http_client(),
             )
-            self._clients[key] = client
-        return client
+        return self._http
+
+    async def close(self) -> None:
+        """Release the client's connections (the worker calls this once it has stopped)."""
+        client, self._http = self._http, None
+        if client is not None:
+            await client.close()
+
+    def _options(self, role: str, model: str) -> dict[str, Any]:
+        """Sampling and reasoning parameters for `role`'s model. Reasoning models refuse any temperature
+        but their default; one is never sent to them."""
+        options: dict[str, Any] = {}
+        effort = self._config.effort_for(role)
+        if self._config.temperature is not None and not self._config.is_reasoning(role, model):
+            options["temperature"] = self._config.temperature
+        if self._config.max_output_tokens is not None:
+            options["max_completion_tokens"] = self._config.max_output_tokens
+        if effort is not None:
+            options["reasoning_effort"] = effort
+        return options
 
     def structured_mode(self, model: str) -> str:
         """The way to ask this server and model for JSON: configured, or the strongest not refused."""
@@ -283,7 +359,7 @@ class LLMActivities:
         key = (self._config.base_url, model)
         if self._structured.get(key) != mode:
             self._structured[key] = mode
-            said = _detail(err) if isinstance(err, openai.APIStatusError) else str(err)
+            said = _detail(err) if isinstance(err, sdk().APIStatusError) else str(err)
             activity.logger.warning(
                 "the LLM server refuses response_format %s for model %s (%s); asking it with %s from now on",
                 refused,
@@ -296,7 +372,7 @@ class LLMActivities:
     async def complete(
         self,
         role: str,
-        messages: list[BaseMessage],
+        messages: list[Message],
         purpose: str,
         tools: list[dict[str, Any]] | None = None,
         output: StructuredOutput | None = None,
@@ -313,24 +389,30 @@ class LLMActivities:
         model = self._config.model_for(role)
         telemetry = self._telemetry
         mode = self.structured_mode(model) if output is not None else ""
+        if self._config.is_reasoning(role, model):
+            # Reasoning models take the system prompt as the developer's message, the role OpenAI's
+            # o-series and gpt-5 are documented with.
+            messages = [{**m, "role": "developer"} if m.get("role") == "system" else m for m in messages]
         with telemetry.llm_call(model, role, purpose, self._config.base_url) as span:
             while True:
-                client: Any = self._client(role, model)
-                asked = messages
+                body: dict[str, Any] = {"model": model, "messages": messages, **self._options(role, model)}
                 if tools:
-                    client = client.bind_tools(tools)
+                    body["tools"] = tools
                 if output is not None:
                     if mode == "json_schema":
                         spec = {"name": output.name, "schema": output.json_schema, "strict": output.strict}
-                        client = client.bind(response_format={"type": "json_schema", "json_schema": spec})
+                        body["response_format"] = {"type": "json_schema", "json_schema": spec}
                     else:
-                        asked = with_instruction(messages, format_instruction(output))
+                        body["messages"] = with_instruction(messages, format_instruction(output))
                         if mode == "json_object":
-                            client = client.bind(response_format={"type": "json_object"})
+                            body["response_format"] = {"type": "json_object"}
                 try:
-                    reply = await with_heartbeats(client.ainvoke(asked))
+                    reply = await with_heartbeats(
+                        self._client().post("/chat/completions", body=body, cast_to=_chat_completion())
+                    )
+                    choice = _first_choice(reply, output is not None)
                     break
-                except openai.OpenAIError as err:
+                except sdk().OpenAIError as err:
                     if (
                         output is not None
                         and self._config.structured_output == "auto"
@@ -342,10 +424,15 @@ class LLMActivities:
                     failure = translate_error(err, model, tools=bool(tools), secrets=(self._config.api_key,))
                     telemetry.llm_failed(span, model=model, role=role, error_type=failure.type or "")
                     raise failure from err
-            usage = getattr(reply, "usage_metadata", None) or {}
-            response_model = str(reply.response_metadata.get("model_name") or model)
-            input_tokens = int(usage.get("input_tokens", 0))
-            output_tokens = int(usage.get("output_tokens", 0))
+            if choice is None:
+                telemetry.llm_failed(span, model=model, role=role, error_type=errors.LLM_SERVER)
+                raise ApplicationError(
+                    f"the LLM server answered model {model} with no choices", type=errors.LLM_SERVER
+                )
+            usage = reply.usage
+            response_model = str(reply.model or model)
+            input_tokens = int(usage.prompt_tokens) if usage else 0
+            output_tokens = int(usage.completion_tokens) if usage else 0
             cost = self._config.cost((response_model, model), input_tokens, output_tokens)
             telemetry.llm_done(
                 span,
@@ -365,13 +452,21 @@ class LLMActivities:
             input_tokens,
             output_tokens,
         )
-        return Completion(reply, response_model, input_tokens, output_tokens, cost, mode)
+        return Completion(
+            text=choice.message.content or "",
+            tool_calls=tool_calls_of(choice.message),
+            model=response_model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost,
+            output_mode=mode,
+        )
 
     @activity.defn(name=LLM_CHAT)
     async def chat(self, request: ChatRequest) -> ChatResponse:
         done = await self.complete(
             request.role,
-            [to_langchain(m) for m in request.messages],
+            [to_openai(m) for m in request.messages],
             request.purpose,
             output=request.output,
         )

@@ -2,8 +2,9 @@
 becomes a `tool_call` event in the run's workflow stream (common/events.py), published by the activity
 that made it, through the SDK's WorkflowStreamClient (a signal to the run).
 
-A step's workflow id is `<run>/<step>`, so the activity knows its run without being told. Telling is
-best effort: a run that cannot be reached (gone, or Temporal busy) costs the tool call nothing, and the
+A step's workflow id is `<run>/<step>`, so the activity knows its run without being told. A worker
+keeps one publisher per run, so the calls of parallel steps that come together share a signal. Telling
+is best effort: a run that cannot be reached (gone, or Temporal busy) costs the tool call nothing, and the
 event is lost rather than the work. A retried attempt is a call of its own, and is told again.
 
 Must never: fail or delay a tool call beyond one signal, or put anything in an event that the run's own
@@ -12,15 +13,47 @@ tenant may not see (the detail is the query, the URL or the program's first line
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.contrib.workflow_streams import WorkflowStreamClient
 
 from common.events import EVENTS_TOPIC, MAX_TOOL_DETAIL_CHARS, RunEvent, ToolCall
 
 # A signal that has not gone through in this time is given up: the tool call does not wait for it.
 PUBLISH_PATIENCE = timedelta(seconds=5)
+# A run's publisher unused this long is let go (a new one is made when the run calls a tool again).
+IDLE_SECONDS = 60.0
+
+
+class _Publishers:
+    """One stream publisher per run in this worker process. Calls of one run that come while its
+    previous signal is on the way share the next signal (the publisher's flush sends everything
+    buffered when it gets its turn), so parallel steps' tool calls cost the run fewer signals, and
+    fewer workflow tasks, than calls; each call still waits until its own event has been delivered,
+    so it is in the run's stream before the call's result is."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[WorkflowStreamClient, float]] = {}
+
+    def of(self, client: Client, run_id: str) -> WorkflowStreamClient:
+        now = time.monotonic()
+        for idle in [r for r, (_, used) in self._open.items() if now - used > IDLE_SECONDS]:
+            del self._open[idle]
+        stream = self._open.get(run_id, (None, 0.0))[0]
+        if stream is None:
+            stream = WorkflowStreamClient.create(client, run_id, max_retry_duration=PUBLISH_PATIENCE)
+        self._open[run_id] = (stream, now)
+        return stream
+
+    def forget(self, run_id: str) -> None:
+        self._open.pop(run_id, None)
+
+
+_PUBLISHERS = _Publishers()
 
 
 async def tell_tool_call(tool: str, detail: str, outcome: str = "ok") -> None:
@@ -42,9 +75,10 @@ async def tell_tool_call(tool: str, detail: str, outcome: str = "ok") -> None:
             outcome=outcome,
         ),
     )
-    stream = WorkflowStreamClient.create(client, run_id, max_retry_duration=PUBLISH_PATIENCE)
+    stream = _PUBLISHERS.of(client, run_id)
     try:
-        async with stream:
-            stream.topic(EVENTS_TOPIC, type=RunEvent).publish(event)
+        stream.topic(EVENTS_TOPIC, type=RunEvent).publish(event)
+        await asyncio.wait_for(stream.flush(), PUBLISH_PATIENCE.total_seconds())
     except Exception as err:  # Best effort by design: the tool's answer matters, the event less.
+        _PUBLISHERS.forget(run_id)  # A publisher whose signal failed is not used again.
         activity.logger.warning("could not tell run %s of a %s call: %s", run_id, tool, str(err)[:200])

@@ -14,6 +14,8 @@ the same children and activities, nothing of Cairn's), whose overhead is Tempora
 moment, since a machine's speed drifts; their difference is Cairn's own cost. bench/temporal_floor.py
 measures single bare activities and children.
     python bench/orchestration_overhead.py [--runs 10] [--latency-ms 50] [--steps 10] [--parallel 1]
+        [--server-config KEY=VALUE ...]
+`--server-config` adds dynamic config to the dev server, to measure what a server setting buys.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -31,7 +34,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+
+from activities.corpus import SQLiteCorpus
 from bench.bare_shape import BareRun, Shape, bare_workers
+from bench.langgraph_reference import Reference
 from bench.results_io import publish
 from bench.stats import percentile
 from client.api import CairnClient
@@ -58,6 +66,27 @@ def steal_percent(before: list[int], after: list[int]) -> float:
     return 100 * spent[7] / max(1, sum(spent))
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def history_events(client: Client, workflow_id: str) -> int:
+    """Events in the histories of a run and of every step it started."""
+    total, pending = 0, [workflow_id]
+    while pending:
+        history = await client.get_workflow_handle(pending.pop()).fetch_history()
+        total += len(history.events)
+        pending += [
+            e.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED
+        ]
+    return total
+
+
 def overhead_ms(wall: float, calls: int, step_calls: int, steps: int, parallel: int, latency: float) -> float:
     """(wall - the stub's latency on the critical path) / calls, in ms. A step makes several sequential
     calls (researcher turns, then its finding); the run's own calls (plan, review, report) are the
@@ -66,10 +95,13 @@ def overhead_ms(wall: float, calls: int, step_calls: int, steps: int, parallel: 
     return (wall - critical_calls * latency) / calls * 1000
 
 
-async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict[str, object]:
+async def bench(
+    runs: int, latency_ms: float, steps: int, parallel: int, server_config: list[str]
+) -> dict[str, object]:
     latency = latency_ms / 1000
     with tempfile.TemporaryDirectory() as tmp:
-        server = DevServer(db_file=Path(tmp) / "temporal.db").start()
+        extra = [arg for kv in server_config for arg in ("--dynamic-config-value", kv)]
+        server = DevServer(db_file=Path(tmp) / "temporal.db", extra_args=extra).start()
         # In a process of its own, like a real provider: its CPU is not Cairn's overhead.
         llm = await asyncio.to_thread(ScriptedLLMProcess(latency=latency).start)
         try:
@@ -78,6 +110,18 @@ async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict
             config = LLMConfig(api_key="sk-bench", base_url=llm.base_url)
             shape = Shape(steps, parallel, latency, llm_queue=f"{queue}-bare-llm")
             overheads, bares, walls, cpu_shares, cpu_per_call, calls = [], [], [], [], [], 0
+            server_cpu_per_call: list[float] = []
+            bare_cpu_per_call: list[float] = []
+            bare_events_per_call: list[float] = []
+            events_per_call: list[float] = []
+            reference_overheads: list[float] = []
+            reference_cpu_per_call: list[float] = []
+            reference = Reference(
+                llm.base_url,
+                SQLiteCorpus(Path(tmp) / "reference-corpus.sqlite3"),
+                Path(tmp) / "reference-checkpoints.sqlite3",
+                steps,
+            )
             cpu_before = cpu_times()
             async with AsyncExitStack() as stack:
                 await stack.enter_async_context(build_worker(client, queue, config, home=Path(tmp)))
@@ -88,6 +132,7 @@ async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict
                     before = llm.calls()
                     before_steps = llm.calls("researcher") + llm.calls("finding")
                     started, cpu_started = time.perf_counter(), time.process_time()
+                    server_started = process_cpu(server.pid)
                     wid = await cairn.start(
                         f"Benchmark question {i} [steps={steps}]",
                         auto_approve=True,
@@ -98,14 +143,27 @@ async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict
                     await cairn.result(wid)
                     wall = time.perf_counter() - started
                     cpu = time.process_time() - cpu_started
+                    server_cpu = process_cpu(server.pid) - server_started
                     calls = llm.calls() - before
+                    events = await history_events(client, wid)
                     step_calls = llm.calls("researcher") + llm.calls("finding") - before_steps
                     # The same run in bare Temporal, right after, so both meet the machine alike.
-                    started = time.perf_counter()
+                    started, cpu_started = time.perf_counter(), time.process_time()
                     bare_calls = await client.execute_workflow(
                         BareRun.run, shape, id=f"bare-{wid}", task_queue=f"{queue}-bare"
                     )
                     bare_wall = time.perf_counter() - started
+                    bare_cpu = time.process_time() - cpu_started
+                    bare_events = await history_events(client, f"bare-{wid}")
+                    # And the same shape in one process, LangGraph checkpointed to SQLite.
+                    before_reference = llm.calls()
+                    started, cpu_started = time.perf_counter(), time.process_time()
+                    await reference.run(
+                        f"reference-{wid}", f"Benchmark question {i} [steps={steps}]", parallel
+                    )
+                    reference_wall = time.perf_counter() - started
+                    reference_cpu = time.process_time() - cpu_started
+                    reference_calls = llm.calls() - before_reference
                     if i == 0:
                         continue  # Warm-up: first workflow and activity tasks pay for imports.
                     if bare_calls != calls:
@@ -115,6 +173,14 @@ async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict
                     cpu_per_call.append(cpu / calls * 1000)
                     overheads.append(overhead_ms(wall, calls, step_calls, steps, parallel, latency))
                     bares.append(overhead_ms(bare_wall, calls, 3 * steps, steps, parallel, latency))
+                    server_cpu_per_call.append(server_cpu / calls * 1000)
+                    bare_cpu_per_call.append(bare_cpu / calls * 1000)
+                    bare_events_per_call.append(bare_events / calls)
+                    events_per_call.append(events / calls)
+                    reference_overheads.append(
+                        overhead_ms(reference_wall, reference_calls, 3 * steps, steps, parallel, latency)
+                    )
+                    reference_cpu_per_call.append(reference_cpu / reference_calls * 1000)
             steal = steal_percent(cpu_before, cpu_times())
         finally:
             llm.stop()
@@ -126,6 +192,7 @@ async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict
         "parallel_steps": parallel,
         "llm_calls_per_run": calls,
         "stub_latency_ms": latency_ms,
+        "server_config": server_config,
         "wall_seconds_p50": round(statistics.median(walls), 3),
         "overhead_ms_per_call_p50": round(percentile(overheads, 0.5), 1),
         "overhead_ms_per_call_p95": round(percentile(overheads, 0.95), 1),
@@ -140,6 +207,17 @@ async def bench(runs: int, latency_ms: float, steps: int, parallel: int) -> dict
         # The same CPU time per LLM call: what Cairn's worker spends, less sensitive to the machine's
         # drift than wall time.
         "worker_cpu_ms_per_call_p50": round(statistics.median(cpu_per_call), 1),
+        # The Temporal dev server's CPU time per LLM call during the run (all its work for the run).
+        "server_cpu_ms_per_call_p50": round(statistics.median(server_cpu_per_call), 1),
+        # History events of the run and its steps per LLM call: deterministic, so a change shows even
+        # when the machine's noise hides it in the times.
+        "history_events_per_call": round(statistics.median(events_per_call), 2),
+        # The bare Temporal twin's worker CPU and history events per call: Temporal's floor.
+        "bare_worker_cpu_ms_per_call_p50": round(statistics.median(bare_cpu_per_call), 1),
+        "bare_history_events_per_call": round(statistics.median(bare_events_per_call), 2),
+        # The reference arm (bench/langgraph_reference.py), each right after its Cairn and bare runs.
+        "langgraph_sqlite_ms_per_call_p50": round(percentile(reference_overheads, 0.5), 1),
+        "langgraph_sqlite_cpu_ms_per_call_p50": round(statistics.median(reference_cpu_per_call), 1),
         # How much CPU the hypervisor gave other guests during the sitting: Temporal's floor rises with
         # it, so only sittings at similar steal compare.
         "cpu_steal_percent": round(steal, 1),
@@ -153,9 +231,12 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--server-config", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     # The worker runs here, so this process runs the loop a worker process runs (worker.py).
-    report = event_loop_runner()(bench(args.runs, args.latency_ms, args.steps, args.parallel))
+    report = event_loop_runner()(
+        bench(args.runs, args.latency_ms, args.steps, args.parallel, args.server_config)
+    )
     publish(report, RESULTS.with_name(f"{RESULTS.stem}_parallel{args.parallel}.json"))
 
 

@@ -206,7 +206,10 @@ class LLMLimits:
     the server keeps the value of whichever worker polled last."""
 
     rate_per_second: float | None = None
-    max_concurrent: int = 8
+    # LLM calls wait on the network (2-60 s each at a real provider), so a worker holds many at once:
+    # each costs a little memory (its messages, a socket), not a core. The provider is protected by
+    # the shared rate (rate_per_second), not by this; docs/configuration.md sizes it.
+    max_concurrent: int = 200
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None) -> LLMLimits:

@@ -82,6 +82,8 @@ PASSED_THROUGH = (
 # cache of its own, so each would build its types' adapters again. An adapter depends only on its type,
 # so sharing them is safe; lru_cache is thread-safe.
 TYPE_ADAPTERS = functools.lru_cache(maxsize=1024)(TypeAdapter)
+# Guards the one-time builds of converters below (workflow activations run on several threads).
+_BUILT_LOCK = threading.RLock()
 
 
 class PayloadConverter(PydanticPayloadConverter):
@@ -92,11 +94,30 @@ class PayloadConverter(PydanticPayloadConverter):
     the activity without retries, and a signal's is dropped (the SDK logs it) instead of failing
     every later workflow task."""
 
+    # The SDK builds a payload converter from this class for every workflow activation (its
+    # command-aware data converter is a new DataConverter each time). It keeps no state but the
+    # process-wide TYPE_ADAPTERS, so every build returns the one instance, made once.
+    _shared: PayloadConverter | None = None
+    _ready = False
+
+    def __new__(cls) -> PayloadConverter:
+        if cls._shared is None or type(cls._shared) is not cls:
+            with _BUILT_LOCK:
+                if cls._shared is None or type(cls._shared) is not cls:
+                    cls._shared = super().__new__(cls)
+        return cls._shared
+
     def __init__(self) -> None:
-        super().__init__()
-        for converter in self.converters.values():
-            if isinstance(converter, PydanticJSONPlainPayloadConverter):
-                converter._type_adapter = TYPE_ADAPTERS
+        if self._ready:
+            return
+        with _BUILT_LOCK:
+            if self._ready:
+                return
+            super().__init__()
+            for converter in self.converters.values():
+                if isinstance(converter, PydanticJSONPlainPayloadConverter):
+                    converter._type_adapter = TYPE_ADAPTERS
+            self._ready = True
 
     def from_payloads(self, payloads: Sequence[Payload], type_hints: list[type] | None = None) -> list[Any]:
         for payload, hint in zip_longest(payloads, type_hints or []):
@@ -121,7 +142,6 @@ class PayloadConverter(PydanticPayloadConverter):
 
 # The converters a DataConverter builds in __post_init__, by (payload class, failure class).
 _BUILT: dict[tuple[type, type], tuple[Any, Any]] = {}
-_BUILT_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)

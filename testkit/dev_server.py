@@ -54,6 +54,12 @@ class DevServer:
     _process: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int:
+        """The server's process id (benchmarks read its CPU time)."""
+        assert self._process is not None, "the server is not running"
+        return self._process.pid
+
+    @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 

@@ -2,7 +2,7 @@
 killed and restarted on its database file, and a fifth of LLM requests fail (429 with Retry-After, 500,
 a timeout, malformed JSON). Every run must finish with the report a clean run of the same questions
 writes, no LLM call the server answered may run again unless a kill caught it in flight, a new worker
-must take up every open run within 5 s of its first poll, and no sandbox container may be left.
+must poll within 2.5 s of starting and take up every open run within 4 s of its first poll, and no sandbox container may be left.
 
 The short version, for CI (about 70 s here). The long one is `python -m bench.chaos`. The machinery
 is in testkit/chaos.py, chaos_evidence.py, chaos_faults.py, chaos_history.py and chaos_checks.py. This test needs the Docker engine and the
@@ -21,6 +21,7 @@ import pytest
 from testkit.chaos import Chaos, run_scenario, standard_runs
 from testkit.chaos_checks import (
     PROGRESS_BOUND_SECONDS,
+    STARTUP_BOUND_SECONDS,
     due_at,
     figures,
     in_flight_at_kills,
@@ -36,7 +37,7 @@ from testkit.research_site import ResearchSite
 # The seed must make the three standard runs of three steps meet every kind of fault (429, 500, timeout,
 # malformed JSON) at every role; check it with testkit.chaos_faults.choose_fault over a clean run's
 # requests. A change to a prompt changes the requests, and so which seed does this.
-SEED = 3
+SEED = 4
 CHAOS = Chaos(worker_kills=3, server_kill=True, fault_rate=0.2, seed=SEED)
 
 
@@ -86,11 +87,15 @@ async def test_runs_survive_worker_kills_a_server_restart_and_llm_faults(
     assert [r for r in repeated if not r.kill_between] == [], _evidence(chaos)
     assert len(repeated) <= in_flight_at_kills(chaos)
 
-    # After each worker restart, the new worker takes up every open run within 5 s of its first poll
+    # After each worker restart, the new worker polls within 2.5 s of its process starting, and takes up
+    # every open run within 4 s of its first poll
     # (or, for a run then only waiting out retry backoff, of that backoff's end): a workflow task or an
     # activity of the run starts there, or the run's next LLM request arrives.
     worker_restarts = [r for r in chaos.restarts if r.kind == "worker"]
     for recovery, restart in zip(recoveries(chaos), worker_restarts, strict=True):
+        assert recovery.startup <= STARTUP_BOUND_SECONDS, (
+            f"worker {recovery.restart} started slowly: {recovery}"
+        )
         assert recovery.slowest_run is not None and recovery.slowest_run <= PROGRESS_BOUND_SECONDS, (
             f"a run stood still too long after worker restart {recovery.restart}: {recovery}; "
             f"it waited on {restart.waiting.get(recovery.slowest)} at the first poll, then {restart.stalls}; "

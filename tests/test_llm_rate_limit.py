@@ -208,7 +208,7 @@ async def test_roles_choose_the_workers(
 
 
 def test_limits_and_role_come_from_the_environment() -> None:
-    assert LLMLimits.from_env({}) == LLMLimits(rate_per_second=None, max_concurrent=8)
+    assert LLMLimits.from_env({}) == LLMLimits(rate_per_second=None, max_concurrent=200)
     assert (
         LLMLimits.from_env({"CAIRN_LLM_RATE_PER_SECOND": "", "CAIRN_LLM_MAX_CONCURRENT": ""}) == LLMLimits()
     )

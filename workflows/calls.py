@@ -32,8 +32,10 @@ with workflow.unsafe.imports_passed_through():
     from common.sandbox_models import ExecRequest, ExecResult
     from common.structured import output_spec, validated
 
+# A failed call is tried again after 0.2 s, then 0.4, 0.8, ... A provider's Retry-After overrides
+# (activities/llm.py); a call lost with a dead worker is due again at once on a live one.
 LLM_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
+    initial_interval=timedelta(milliseconds=200),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=60),
     maximum_attempts=8,
@@ -41,10 +43,12 @@ LLM_RETRY = RetryPolicy(
 # The client's own request timeout is 120 s; the activity gets a margin on top of it.
 LLM_START_TO_CLOSE = timedelta(seconds=150)
 LLM_SCHEDULE_TO_CLOSE = timedelta(minutes=30)
-# Activities heartbeat every second while they wait (activities/heartbeat.py); four missed beats mean
-# the worker died, and the call is retried elsewhere. Kept short so a run moves on within seconds of
-# a crash; see the README's "Crash recovery" for every value that bounds it.
-HEARTBEAT_TIMEOUT = timedelta(seconds=4)
+# Activities heartbeat every second while they wait (activities/heartbeat.py; the SDK sends at most
+# one every 0.8 x this timeout): two seconds without one mean the worker died, and the call is retried
+# elsewhere 0.2 s later. Kept short so a run moves on within seconds of a crash, long enough that a
+# busy worker is not taken for a dead one (the chaos suite and bench/scale_out.py check both);
+# docs/operations.md "Crash recovery" has every value that bounds it.
+HEARTBEAT_TIMEOUT = timedelta(seconds=2)
 # A workflow task that a dying worker held is handed out again after this (the default is 10 s). Not
 # lower: a fresh worker replaying a long history under load can need 2-4 s for one task, and a
 # timeout then would only repeat that work.
@@ -56,7 +60,7 @@ LLM_HEARTBEAT = HEARTBEAT_TIMEOUT
 # as a typed tool error (activities/researcher/nodes.py), so one dead site does not sink the step.
 TOOL_ATTEMPTS = 3
 TOOL_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
+    initial_interval=timedelta(milliseconds=200),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=20),
     maximum_attempts=TOOL_ATTEMPTS,

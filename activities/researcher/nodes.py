@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.corpus import Corpus
 from activities.fetch import PageFetcher
 from activities.heartbeat import with_heartbeats
-from activities.llm import LLMActivities, to_langchain
+from activities.llm import LLMActivities, to_openai
 from activities.researcher.finding import notes_of, parse_finding
 from activities.run_events import tell_tool_call
 from activities.web_search import WebSearch
@@ -78,25 +77,6 @@ TOOL_SPECS = {
 }
 
 
-def _calls_of(reply: AIMessage) -> list[dict[str, Any]]:
-    """The model's tool calls as plain dicts; a call whose arguments did not parse is kept, marked
-    with its error, so the graph answers it with a refusal the model can learn from."""
-    calls = [
-        {"id": c["id"] or f"call-{i}", "name": c["name"], "args": c["args"]}
-        for i, c in enumerate(reply.tool_calls)
-    ]
-    for i, bad in enumerate(reply.invalid_tool_calls):
-        calls.append(
-            {
-                "id": bad.get("id") or f"bad-{i}",
-                "name": bad.get("name") or "",
-                "args": {},
-                "error": str(bad.get("error") or "arguments are not valid JSON")[:300],
-            }
-        )
-    return calls
-
-
 def _arg(task: ToolTask, name: str) -> str:
     value = (task["call"].get("args") or {}).get(name)
     if not isinstance(value, str) or not value.strip():
@@ -126,7 +106,7 @@ class ResearcherNodes:
         turn = state.get("turn", 0)
         done = await self._llm.complete(
             "researcher",
-            [to_langchain(m) for m in state["messages"]],
+            [to_openai(m) for m in state["messages"]],
             f"researcher turn {turn + 1}",
             tools=[TOOL_SPECS[name] for name in offered],
         )
@@ -134,7 +114,7 @@ class ResearcherNodes:
             "id": f"ai-{turn}",
             "role": "assistant",
             "content": done.text,
-            "tool_calls": _calls_of(done.message),
+            "tool_calls": done.tool_calls,
         }
         return {
             "messages": [message],
@@ -155,7 +135,7 @@ class ResearcherNodes:
         known = [s["id"] for s in sources]
         done = await self._llm.complete(
             "researcher",
-            [SystemMessage(content=messages[0].content), HumanMessage(content=messages[1].content)],
+            [to_openai(m) for m in messages],
             "researcher: write finding",
             output=output_spec("finding", finding_model(tuple(known))),
         )
