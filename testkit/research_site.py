@@ -10,6 +10,7 @@ that a cited source was really fetched or searched.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import threading
@@ -35,6 +36,11 @@ class ResearchSite:
         self._lock = threading.Lock()
         self.requests: list[str] = []  # paths with query strings, in order
         self._pages = [(PAGES / name).read_text(encoding="utf-8") for name in pages]
+        # Titles other than "Article k", by k: a test may give a page a hostile title.
+        self.titles: dict[int, str] = {}
+
+    def title_of(self, k: int) -> str:
+        return self.titles.get(k, f"Article {k}")
 
     @property
     def url(self) -> str:
@@ -45,7 +51,12 @@ class ResearchSite:
 
     def article(self, k: int) -> str:
         base = self._pages[(k - 1) % len(self._pages)]
-        base = re.sub(r"<title>.*?</title>", f"<title>Article {k}</title>", base, count=1, flags=re.S)
+        title = f"<title>{html.escape(self.title_of(k))}</title>"
+        base = re.sub(r"<title>.*?</title>", lambda _: title, base, count=1, flags=re.S)
+        if k in self.titles:  # The page's other titles too, so a reader of the page takes this one.
+            escaped = html.escape(self.titles[k])
+            base = re.sub(r'(<meta property="og:title" content=")[^"]*', lambda m: m.group(1) + escaped, base)
+            base = re.sub(r"<h1>.*?</h1>", lambda _: f"<h1>{escaped}</h1>", base, count=1, flags=re.S)
         return re.sub(r"(<article[^>]*>)", rf"\1<p>{marker(k)}</p>", base, count=1)
 
     def fetched(self) -> set[str]:
@@ -62,7 +73,7 @@ class ResearchSite:
         return [
             {
                 "url": self.article_url(k),
-                "title": f"Article {k}",
+                "title": self.title_of(k),
                 "content": f"Article {k} on the question; {marker(k)}",
                 "engine": "loopback",
                 "engines": ["loopback"],

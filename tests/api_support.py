@@ -77,9 +77,11 @@ async def api_stack(
     tmp: Path,
     payload_dir: Path,
     llm_limits: LLMLimits | None = None,
+    worker_options: dict[str, Any] | None = None,
     **extra_env: str,
 ) -> AsyncIterator[ApiStack]:
-    """Start the stack; for a module fixture to yield from."""
+    """Start the stack; for a module fixture to yield from. `worker_options` go to build_worker (the
+    web app's tests give the researcher a loopback web to search and read)."""
     task_queue = f"api-{uuid.uuid4().hex[:8]}"
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)
@@ -98,7 +100,12 @@ async def api_stack(
     api = ApiServer(env=env, log_file=tmp / "api.log")
     try:
         async with build_worker(
-            temporal_client, task_queue, llm_config(llm), home=home, llm_limits=llm_limits
+            temporal_client,
+            task_queue,
+            llm_config(llm),
+            home=home,
+            llm_limits=llm_limits,
+            **(worker_options or {}),
         ):
             api.start()
             yield ApiStack(api, llm, temporal_client, task_queue, home, env)

@@ -122,9 +122,12 @@ async def test_a_wheel_installed_without_the_lock_runs_a_research(
         "activities/corpus",
         "activities/researcher",
         "workflows/researcher",
+        "client/web",
     ):
         assert f"{package}/__init__.py" in names, f"{package} is missing from the wheel"
     assert "sandbox_images/bootstrap.py" in names
+    # The web app's templates and static files are package data, not code: they must ship too.
+    assert {"client/web/templates/run.html", "client/web/static/app.js", "client/web/static/app.css"} <= names
 
     venv = tmp_path / "venv"
     await run(sys.executable, "-m", "venv", str(venv))

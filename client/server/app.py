@@ -11,8 +11,13 @@ origins; security headers on every answer; a credential is never logged (uvicorn
 headers, and nothing here logs one); failed authentications from one address are rate limited, as are
 each credential's requests.
 
+The web app for people (client/web) is served here too, at `/`: its pages authenticate with a session
+cookie (client/server/sessions.py) that resolves to the same Principal, and reach runs through the
+same route functions, so the same role and tenant checks apply.
+
 Must never: let a route reach a run before its tenant is checked, or answer before authenticating
-(only /healthz, /readyz and the API's own description need no credentials).
+(only /healthz, /readyz, the API's own description, the web app's sign-in pages and its static files
+need no credentials).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from client.server.keys import KeyStore
 from client.server.policy import Policies
 from client.server.problems import Problem, install, problem_response
 from client.server.quotas import Quotas
+from client.server.sessions import Session, SessionStore, cookie_name
 from client.server.tenants import RunIndex
 from common.config import TemporalConfig, cairn_home
 from common.env import ConfigError, number, whole
@@ -141,6 +147,7 @@ class Services:
     quotas: Quotas
     index: RunIndex
     feeds: Feeds
+    sessions: SessionStore
     limiter: Limiter = field(default_factory=Limiter)
     _corpus: Corpus | None = None
 
@@ -178,6 +185,7 @@ class Services:
             quotas=quotas,
             index=RunIndex(temporal),
             feeds=Feeds(temporal),
+            sessions=SessionStore(db, keys),
         )
 
     def sandbox_artifacts_root(self) -> Path:
@@ -205,11 +213,29 @@ class Services:
             ) from None
         except (AuthUnavailable, DatabaseUnavailable) as err:
             raise Problem(503, f"cannot check credentials now: {err}", code="unavailable") from None
+        return self._admit(request, principal)
+
+    def _admit(self, request: Request, principal: Principal) -> Principal:
         self.limiter.request(principal.subject, self.policies.of(principal.tenant).requests_per_minute)
         request.state.principal = principal
         # Everything this request decodes comes from its tenant's payload partition, or not at all.
         reading_as.set(principal.tenant)
         return principal
+
+    async def session_of(self, request: Request) -> Session | None:
+        """The web app's caller: the live session its cookie names (client/server/sessions.py), with
+        the same rate limit and tenant partition as a bearer credential; None when there is none."""
+        token = request.cookies.get(cookie_name(secure_request(request, self.config)))
+        if not token:
+            return None
+        try:
+            session = await self.sessions.get(token)
+        except DatabaseUnavailable as err:
+            raise Problem(503, f"cannot check the session now: {err}", code="unavailable") from None
+        if session is None:
+            return None
+        self._admit(request, session.principal)
+        return session
 
     async def close(self) -> None:
         await self.feeds.close()
@@ -231,6 +257,17 @@ _SECURITY_HEADERS = [
 ]
 _GUARDED = {name for name, _ in _SECURITY_HEADERS} | {b"content-security-policy"}
 _API_CSP = b"default-src 'none'; frame-ancestors 'none'"
+# The web app (client/web): its own scripts, styles and images only, nothing inline, forms posting
+# only here, no <base>, never framed. Script-free defences come first; this is the backstop.
+_WEB_CSP = (
+    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    b"form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+_API_PREFIXES = ("/v1/", "/healthz", "/readyz", "/openapi.json")
+# The web app's pages name themselves to themselves only: with no-referrer, a browser sends
+# `Origin: null` on a same-origin form post, and the CSRF check could not tell it from a forgery.
+# Other sites still get no referrer (same-origin), and links to sources are rel=noreferrer besides.
+_WEB_HEADERS = [(k, b"same-origin" if k == b"referrer-policy" else v) for k, v in _SECURITY_HEADERS]
 # The interactive docs page loads Swagger UI from its CDN and starts it with an inline script.
 _DOCS_CSP = (
     b"default-src 'none'; script-src 'unsafe-inline' https://cdn.jsdelivr.net; "
@@ -254,7 +291,9 @@ class Guard:
             return
         path: str = scope.get("path", "")
         limit = self.max_upload if path == UPLOAD_PATH else self.max_body
-        csp = _DOCS_CSP if path == "/docs" else _API_CSP
+        web = path != "/docs" and not path.startswith(_API_PREFIXES)
+        csp = _DOCS_CSP if path == "/docs" else _WEB_CSP if web else _API_CSP
+        security = _WEB_HEADERS if web else _SECURITY_HEADERS
 
         started = False
         refused = False  # a 413 went out: whatever the application still sends is dropped
@@ -270,7 +309,7 @@ class Guard:
                     for k, v in message.get("headers", [])
                     if k.lower() not in _GUARDED and k.lower() != b"server"
                 ]
-                headers += [*_SECURITY_HEADERS, (b"content-security-policy", csp)]
+                headers += [*security, (b"content-security-policy", csp)]
                 if not any(k.lower() == b"cache-control" for k, _ in headers):
                     headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}
@@ -339,6 +378,9 @@ def create_app(config: ServerConfig | None = None, services: Services | None = N
     app.include_router(routes.runs, prefix="/v1")
     app.include_router(routes.documents, prefix="/v1")
     app.include_router(routes.keys, prefix="/v1")
+    from client.web import pages
+
+    pages.install(app)
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -350,6 +392,13 @@ def create_app(config: ServerConfig | None = None, services: Services | None = N
         )
     app.add_middleware(Guard, max_body=config.max_body_bytes, max_upload=config.max_upload_bytes)
     return app
+
+
+def secure_request(request: Request, config: ServerConfig) -> bool:
+    """Whether the browser reached us over HTTPS: directly, through a proxy on this machine that said
+    so (uvicorn trusts X-Forwarded-Proto from 127.0.0.1), or as CAIRN_PUBLIC_URL declares."""
+    public = config.env.get("CAIRN_PUBLIC_URL", "")
+    return request.url.scheme == "https" or public.startswith("https://")
 
 
 def services_of(request: Request) -> Services:

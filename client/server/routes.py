@@ -423,6 +423,15 @@ async def raise_budget(run_id: str, body: RaiseBudget, principal: Writer, servic
     summary="The report: markdown, or the whole result with Accept: application/json",
 )
 async def report(run_id: str, request: Request, principal: Reader, services: Svc) -> Response:
+    result = await written_report(services, principal, run_id)
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse(result.model_dump(mode="json", exclude={"report_path"}))
+    return PlainTextResponse(result.report, media_type="text/markdown; charset=utf-8")
+
+
+async def written_report(services: Services, principal: Principal, run_id: str) -> ResearchResult:
+    """The run's result once its report is written (the API's report route and the web app's report
+    both read it here); 404 for another tenant's run, 409 before the report exists."""
     await owned(services, principal, run_id)
     state = await services.cairn.describe_status(run_id)
     if state == WorkflowExecutionStatus.RUNNING:
@@ -445,9 +454,7 @@ async def report(run_id: str, request: Request, principal: Reader, services: Svc
         raise Problem(
             503, f"run {run_id} wrote its report but has not closed; try again", code="unavailable"
         ) from None
-    if "application/json" in request.headers.get("accept", ""):
-        return JSONResponse(result.model_dump(mode="json", exclude={"report_path"}))
-    return PlainTextResponse(result.report, media_type="text/markdown; charset=utf-8")
+    return result
 
 
 @runs.get("/runs/{run_id}/artifacts/{name:path}", summary="A file a coder step made (a chart, a table)")
@@ -482,6 +489,12 @@ async def events(
     (`done`, `aborted` or `failed`). Each event's id is its place in the run's durable stream: send
     the last one you read as Last-Event-ID to resume exactly after it, from any API process."""
     await owned(services, principal, run_id)
+    return event_stream(services, run_id, last_event_id, after)
+
+
+def event_stream(services: Services, run_id: str, last_event_id: str | None, after: int | None) -> Response:
+    """The run's events after `last_event_id` (or `after`) as Server-Sent Events; the caller has
+    checked the run's tenant (the API's route and the web app's both call `owned` first)."""
     resume = after if after is not None else 0
     if last_event_id is not None:
         if not last_event_id.strip().isdigit() or len(last_event_id) > 18:

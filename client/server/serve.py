@@ -5,8 +5,9 @@ reverse proxy or load balancer). One process per invocation: run several behind 
 scale out; they share nothing but Temporal and the database. SIGTERM drains open requests for a few
 seconds and closes event streams (their clients reconnect to another process with Last-Event-ID).
 
-Must never: log a request's headers (they carry credentials), or start when the tenant search
-attribute is missing (client/server/app.py refuses; the message says what to run).
+Must never: log a request's headers (they carry credentials) or the OIDC callback's query (a one-time
+code), or start when the tenant search attribute is missing (client/server/app.py refuses; the message
+says what to run).
 """
 
 from __future__ import annotations
@@ -55,8 +56,19 @@ async def cmd_serve(args: argparse.Namespace) -> int:
             forwarded_allow_ips="127.0.0.1",
         )
     )
+    # After uvicorn.Config set its loggers up: the access log line of the web app's OIDC callback
+    # would otherwise carry the provider's one-time code and state.
+    logging.getLogger("uvicorn.access").addFilter(_redact_callback_query)
     await server.serve()
     return 0 if server.started else 1
+
+
+def _redact_callback_query(record: logging.LogRecord) -> bool:
+    """uvicorn's access record is (client, method, path with query, HTTP version, status)."""
+    args = record.args
+    if isinstance(args, tuple) and len(args) >= 3 and str(args[2]).startswith("/auth/callback?"):
+        record.args = (*args[:2], "/auth/callback?(redacted)", *args[3:])
+    return True
 
 
 def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
