@@ -10,9 +10,6 @@ against them.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +19,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
+from bench.worker_process import start_worker, worker_env
 from client.server.keys import KeyStore
 from common.config import TemporalConfig
 from common.plugin import connect
@@ -29,8 +27,6 @@ from testkit import processes
 from testkit.api_server import ApiServer
 from testkit.dev_server import DevServer
 from testkit.scripted_llm import ScriptedLLMProcess
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -52,13 +48,6 @@ class Stack:
         return self._keys[tenant]
 
 
-def _start_worker(env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
-    with open(log_file, "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, str(ROOT / "worker.py")], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-        )
-
-
 @asynccontextmanager
 async def stack(
     *, llm_latency: float = 0.0, llm_slots: int = 8, fairness: bool = True, tenants_file: str = ""
@@ -69,20 +58,18 @@ async def stack(
     task_queue = f"bench-{uuid.uuid4().hex[:8]}"
     dev = DevServer(db_file=tmp / "temporal.db", fairness=fairness).start()
     llm = ScriptedLLMProcess(latency=llm_latency).start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "OPENAI_", "CAIRN_"))}
-    env.update(
-        TEMPORAL_ADDRESS=dev.address,
-        CAIRN_TASK_QUEUE=task_queue,
-        CAIRN_HOME=str(home),
+    env = worker_env(
+        dev.address,
+        task_queue,
+        home,
+        llm.base_url,
         CAIRN_PAYLOAD_DIR=str(tmp / "payloads"),
-        OPENAI_BASE_URL=llm.base_url,
-        OPENAI_API_KEY="sk-bench",
         CAIRN_LLM_MAX_CONCURRENT=str(llm_slots),
     )
     if tenants_file:
         (tmp / "tenants.toml").write_text(tenants_file)
         env["CAIRN_TENANTS_FILE"] = str(tmp / "tenants.toml")
-    worker = _start_worker(env, tmp / "worker.log")
+    worker = start_worker(env, tmp / "worker.log")
     api = ApiServer(env=env, log_file=tmp / "api.log")
     try:
         api.start()

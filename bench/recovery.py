@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from bench.results_io import publish
+from bench.worker_process import start_worker, worker_env
 from client.api import CairnClient
 from common.config import TemporalConfig
 from common.plugin import connect
@@ -39,7 +38,6 @@ from testkit import processes
 from testkit.dev_server import DevServer
 from testkit.scripted_llm import ScriptedLLMProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "recovery.json"
 SHAPE: dict[str, Any] = {
     "auto_approve": True,
@@ -47,13 +45,6 @@ SHAPE: dict[str, Any] = {
     "max_parallel_steps": 3,
     "max_plan_iterations": 0,
 }
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, str(ROOT / "worker.py")], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-        )
 
 
 async def polling(client: Client, queue: str, pid: int) -> None:
@@ -76,14 +67,7 @@ async def main(trials: int, latency: float, into: float) -> None:
         server = DevServer(db_file=Path(tmp) / "temporal.db").start()
         llm = ScriptedLLMProcess(latency=latency).start()
         queue = f"recovery-{uuid.uuid4().hex[:8]}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "OPENAI_", "CAIRN_"))}
-        env.update(
-            TEMPORAL_ADDRESS=server.address,
-            CAIRN_TASK_QUEUE=queue,
-            CAIRN_HOME=tmp,
-            OPENAI_BASE_URL=llm.base_url,
-            OPENAI_API_KEY="sk-bench",
-        )
+        env = worker_env(server.address, queue, tmp, llm.base_url)
         client = await connect(TemporalConfig.from_env({"TEMPORAL_ADDRESS": server.address}), env=env)
         cairn = CairnClient(client, queue)
         worker = start_worker(env, Path(tmp) / "worker.log")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from temporalio.api.enums.v1 import EventType, TimeoutType
 
 from bench.results_io import publish
+from bench.worker_process import start_worker, worker_env
 from client.api import CairnClient
 from common.config import TemporalConfig
 from common.plugin import connect
@@ -36,7 +36,6 @@ from testkit import processes
 from testkit.dev_server import DevServer
 from testkit.scripted_llm import ScriptedLLMProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "scale_out.json"
 CALLS_PER_RUN = 15
 SHAPE: dict[str, Any] = {
@@ -59,13 +58,6 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, str(ROOT / "worker.py")], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-        )
 
 
 async def timeouts(client: Any, run_ids: list[str]) -> tuple[int, int, dict[str, int]]:
@@ -109,14 +101,7 @@ async def arm(runs: int, latency: float, workers: int) -> dict[str, object]:
         server = DevServer(db_file=Path(tmp) / "temporal.db").start()
         llm = ScriptedLLMProcess(latency=latency).start()
         queue = f"scale-{uuid.uuid4().hex[:8]}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "OPENAI_", "CAIRN_"))}
-        env.update(
-            TEMPORAL_ADDRESS=server.address,
-            CAIRN_TASK_QUEUE=queue,
-            CAIRN_HOME=tmp,
-            OPENAI_BASE_URL=llm.base_url,
-            OPENAI_API_KEY="sk-bench",
-        )
+        env = worker_env(server.address, queue, tmp, llm.base_url)
         procs = [start_worker(env, Path(tmp) / f"worker{i}.log") for i in range(workers)]
         try:
             client = await connect(TemporalConfig.from_env({"TEMPORAL_ADDRESS": server.address}), env=env)
