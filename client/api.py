@@ -48,6 +48,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from client.listing import newest_first
 from common.config import TemporalConfig, owner
 from common.models import (
     SIGNALS,
@@ -485,10 +486,12 @@ class CairnClient:
         return summaries
 
     async def list(self, limit: int = 20) -> list[RunSummary]:
+        """The newest `limit` runs, newest first (by start time)."""
         runs = []
-        async for execution in self.temporal.list_workflows(
-            f"WorkflowType = '{RESEARCH_WORKFLOW}'", limit=limit
-        ):
+        executions, _ = await newest_first(
+            self.temporal, f"WorkflowType = '{RESEARCH_WORKFLOW}'", limit, None
+        )
+        for execution in executions:
             runs.append(
                 RunSummary(
                     workflow_id=execution.id,

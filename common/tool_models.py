@@ -75,3 +75,20 @@ class DocumentEntry(Tolerant):
     passages: int = 0
     sha256: str = ""  # of the title and text as stored: an unchanged re-ingest keeps it
     ingested_at: datetime | None = None  # UTC: when this version of the document was stored
+
+
+class StoredPassage(Tolerant):
+    """One passage of a stored document: exactly the document's text at `char_offset` onwards."""
+
+    position: int
+    char_offset: int
+    text: str
+
+
+class StoredDocument(Tolerant):
+    """A document as the corpus holds it (`Corpus.read_document`, the API's `GET /v1/documents/text`):
+    its entry and its passages in order. The passages cover every word of the text; only the whitespace
+    between them is not kept, so a reader shows them one after another."""
+
+    document: DocumentEntry
+    passages: list[StoredPassage] = Field(default_factory=list)

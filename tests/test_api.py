@@ -375,11 +375,18 @@ async def test_runs_list_pages_with_a_cursor_bound_to_the_listing(stack: ApiStac
         while len((await http.get("/v1/runs")).json()["runs"]) < 3:
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.2)
+        # The newest run ends while the older two wait: newest first still puts it first (Temporal's
+        # own visibility order would put the running ones before it).
+        await http.post(f"/v1/runs/{started[2]}/abort", json={})
+        await wait_phase(http, started[2], "aborted")
+        while (await http.get("/v1/runs", params={"phase": "aborted"})).json()["runs"] == []:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.2)
         first = (await http.get("/v1/runs", params={"limit": 2})).json()
         assert len(first["runs"]) == 2 and first["next_cursor"]
         second = (await http.get("/v1/runs", params={"limit": 2, "cursor": first["next_cursor"]})).json()
-        seen = [r["id"] for r in first["runs"] + second["runs"]]
-        assert sorted(seen) == sorted(started)
+        assert second["next_cursor"] is None
+        assert [r["id"] for r in first["runs"] + second["runs"]] == started[::-1]
         # A cursor of this listing is refused for another one (a phase filter).
         other = await http.get(
             "/v1/runs", params={"limit": 2, "cursor": first["next_cursor"], "phase": "done"}
@@ -465,6 +472,14 @@ async def test_documents_are_the_tenants_own(stack: ApiStack) -> None:
         mine = (await acme.get("/v1/documents")).json()["documents"]
         assert [d["path"] for d in mine] == ["upload:acme-notes.md"]
         assert (await globex.get("/v1/documents")).json()["documents"] == []
+        text = await acme.get("/v1/documents/text", params={"path": "upload:acme-notes.md"})
+        assert text.status_code == 200, text.text
+        assert text.json()["document"]["path"] == "upload:acme-notes.md"
+        assert "zyxwvut bolometer of acme" in " ".join(p["text"] for p in text.json()["passages"])
+        # Another tenant's document is a 404, like one that does not exist; a missing path is refused.
+        problem(await globex.get("/v1/documents/text", params={"path": "upload:acme-notes.md"}), 404)
+        problem(await acme.get("/v1/documents/text", params={"path": "upload:other.md"}), 404)
+        problem(await acme.get("/v1/documents/text"), 422)
         elf = await acme.post("/v1/documents", files={"file": ("notes.txt", b"\x7fELF\x02\x01" + bytes(200))})
         problem(elf, 422)
         problem(await acme.post("/v1/documents", files={"file": ("notes.docx", b"PK\x03\x04")}), 422)

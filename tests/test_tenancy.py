@@ -379,6 +379,28 @@ async def test_uploads_follow_cairn_ingests_rules_into_the_tenants_corpus(
     assert await corpus.search("nonlocal statement", scope=corpus_scope(globex)) == []
 
 
+async def test_a_document_reads_back_whole_and_only_in_its_own_tenants_scope(tenants: Tenants) -> None:
+    corpus, acme, globex = tenants.corpus, tenants.acme, tenants.globex
+    paragraphs = [f"Paragraph {n}: " + " ".join(f"word{n}x{i}" for i in range(120)) for n in range(12)]
+    text = "\n\n".join(paragraphs) + "\n"
+    await corpus.ingest("upload:long.md", "Long notes", text, scope=corpus_scope(acme))
+    stored = await corpus.read_document(corpus_scope(acme), "upload:long.md")
+    assert stored is not None and stored.document.title == "Long notes"
+    assert len(stored.passages) == stored.document.passages > 1
+    assert [p.position for p in stored.passages] == list(range(len(stored.passages)))
+    # Each passage is the text where it says it sits, and together they hold every word, in order.
+    assert all(text[p.char_offset : p.char_offset + len(p.text)] == p.text for p in stored.passages)
+    assert " ".join(p.text for p in stored.passages).split() == text.split()
+    # Another tenant, and a path that is not there, read nothing.
+    assert await corpus.read_document(corpus_scope(globex), "upload:long.md") is None
+    assert await corpus.read_document(corpus_scope(acme), "upload:other.md") is None
+    # A new version replaces the old one whole.
+    await corpus.ingest("upload:long.md", "Short notes", "Only this now.", scope=corpus_scope(acme))
+    again = await corpus.read_document(corpus_scope(acme), "upload:long.md")
+    assert again is not None and again.document.title == "Short notes"
+    assert [p.text for p in again.passages] == ["Only this now."]
+
+
 # --- The CLI ------------------------------------------------------------------------------------------
 
 

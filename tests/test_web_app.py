@@ -211,6 +211,46 @@ async def test_a_person_edits_the_plan_approves_watches_it_live_and_follows_a_ci
         await ada.close()
 
 
+async def test_a_source_that_is_one_of_the_tenants_documents_opens_its_text(
+    stack: ApiStack, browser: Browser, tmp_path: Path
+) -> None:
+    note = b"# Atlas field notes\n\nThe qwertzuiop moraine gauge logs <b>glacier</b> retreat each spring.\n"
+    async with await stack.client("atlas") as api:
+        uploaded = await api.post("/v1/documents", files={"file": ("field-notes.md", note)})
+        assert uploaded.status_code == 201, uploaded.text
+        started = await api.post(
+            "/v1/runs",
+            json={
+                "question": "What logs retreat? [steps=1] [corpus] [pages=0] [query=qwertzuiop moraine]",
+                "auto_approve": True,
+            },
+        )
+        run_id = started.json()["id"]
+    ada = await person(browser, stack, "atlas")
+    globex = await person(browser, stack, "globex")
+    try:
+        page = ada.page
+        await page.goto(f"/runs/{run_id}")
+        await expect(page.get_by_role("article", name="Report")).to_be_visible(timeout=SECONDS)
+        document = page.locator("ol.sources li").filter(has_text="upload:field-notes.md").get_by_role("link")
+        await expect(document).to_have_text("Atlas field notes")
+        await document.click()
+        await expect(page).to_have_url(re.compile(r"/documents\?path=upload%3Afield-notes\.md$"))
+        await expect(page.get_by_role("heading", level=1)).to_have_text("Atlas field notes")
+        # The document's text, shown as text: its markup is not markup here.
+        await expect(page.locator(".passage").first).to_contain_text("logs <b>glacier</b> retreat")
+        await page.screenshot(path=screenshot_path(tmp_path, "document"), full_page=True)
+        assert await unnamed_controls(page) == []
+
+        for path in ("upload:field-notes.md", "upload:nothing-here.md"):
+            answer = await globex.page.goto(f"/documents?path={path}")
+            assert answer is not None and answer.status == 404, path
+            assert "qwertzuiop" not in await globex.page.content()
+    finally:
+        await ada.close()
+        await globex.close()
+
+
 async def test_the_run_page_catches_up_by_itself_after_the_server_restarts(
     stack: ApiStack, browser: Browser
 ) -> None:

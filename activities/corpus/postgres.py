@@ -24,7 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 from temporalio.exceptions import ApplicationError
 
 from activities.corpus.store import Corpus, passage, unavailable, words
-from common.tool_models import DocumentEntry, IngestReport, Passage
+from common.tool_models import DocumentEntry, IngestReport, Passage, StoredDocument, StoredPassage
 
 T = TypeVar("T")
 
@@ -248,6 +248,31 @@ class PostgresCorpus(Corpus):
                 DocumentEntry(path=r[0], title=r[1], passages=r[2], sha256=r[3], ingested_at=r[4])
                 for r in await cur.fetchall()
             ]
+
+        return await self._run(work)
+
+    async def _read(self, scope: str, path: str) -> StoredDocument | None:
+        key = {"scope": scope, "path": path}
+
+        # One statement, so one snapshot: under READ COMMITTED two selects could see the entry of one
+        # version and the passages of the next, written by an ingest in between.
+        async def work(conn: psycopg.AsyncConnection[Any]) -> StoredDocument | None:
+            cur = await conn.execute(
+                "SELECT d.path, d.title, d.passages, d.sha256, d.ingested_at, "
+                "coalesce((SELECT array_agg(ARRAY[p.position::text, p.char_offset::text, p.text] "
+                "ORDER BY p.position) FROM cairn_corpus_passages p "
+                "WHERE p.scope = d.scope AND p.path = d.path), '{}') "
+                "FROM cairn_corpus_documents d WHERE d.scope = %(scope)s AND d.path = %(path)s",
+                key,
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            entry = DocumentEntry(
+                path=row[0], title=row[1], passages=row[2], sha256=row[3], ingested_at=row[4]
+            )
+            pieces = [StoredPassage(position=int(p[0]), char_offset=int(p[1]), text=p[2]) for p in row[5]]
+            return StoredDocument(document=entry, passages=pieces)
 
         return await self._run(work)
 

@@ -23,7 +23,7 @@ from typing import TypeVar
 from temporalio.exceptions import ApplicationError
 
 from activities.corpus.store import Corpus, passage, unavailable
-from common.tool_models import DocumentEntry, IngestReport, Passage
+from common.tool_models import DocumentEntry, IngestReport, Passage, StoredDocument, StoredPassage
 
 T = TypeVar("T")
 
@@ -182,6 +182,32 @@ class SQLiteCorpus(Corpus):
                 DocumentEntry(path=r[0], title=r[1], passages=r[2], sha256=r[3], ingested_at=_utc(r[4]))
                 for r in rows
             ]
+
+        return await self._call(work)
+
+    async def _read(self, scope: str, path: str) -> StoredDocument | None:
+        def work(conn: sqlite3.Connection) -> StoredDocument | None:
+            conn.execute("BEGIN")  # One read transaction: the entry and its passages of one version.
+            try:
+                row = conn.execute(
+                    "SELECT path, title, passages, sha256, ingested_at FROM documents WHERE scope = ? AND path = ?",
+                    (scope, path),
+                ).fetchone()
+                if row is None:
+                    return None
+                pieces = conn.execute(
+                    "SELECT position, char_offset, text FROM passages WHERE scope = ? AND path = ? ORDER BY position",
+                    (scope, path),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            entry = DocumentEntry(
+                path=row[0], title=row[1], passages=row[2], sha256=row[3], ingested_at=_utc(row[4])
+            )
+            return StoredDocument(
+                document=entry,
+                passages=[StoredPassage(position=p[0], char_offset=p[1], text=p[2]) for p in pieces],
+            )
 
         return await self._call(work)
 

@@ -25,7 +25,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.corpus.documents import split_passages
 from common import errors
-from common.tool_models import DocumentEntry, IngestReport, Passage
+from common.tool_models import DocumentEntry, IngestReport, Passage, StoredDocument
 
 MAX_QUERY_TERMS = 32
 MAX_LIMIT = 50
@@ -92,6 +92,11 @@ class Corpus(ABC):
         last path of a page as `after` to read the next."""
         return await self._list(scope, after, max(1, min(limit, MAX_LISTED)))
 
+    async def read_document(self, scope: str, path: str) -> StoredDocument | None:
+        """The document `path` of `scope` with its passages in order, read in one transaction (so never
+        half of an old version and half of a new one); None when `scope` has no such document."""
+        return await self._read(scope, path)
+
     @abstractmethod
     async def _store(
         self, scope: str, path: str, title: str, digest: str, pieces: list[tuple[int, str]]
@@ -102,6 +107,9 @@ class Corpus(ABC):
 
     @abstractmethod
     async def _list(self, scope: str, after: str, limit: int) -> list[DocumentEntry]: ...
+
+    @abstractmethod
+    async def _read(self, scope: str, path: str) -> StoredDocument | None: ...
 
     @abstractmethod
     async def documents(self, scope: str = "corpus") -> int: ...

@@ -32,6 +32,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from client.api import CairnError
+from client.listing import Position, newest_first
 from client.server.app import Services, services_of
 from client.server.auth import Action, Principal, Role, allows
 from client.server.problems import Problem
@@ -52,7 +53,7 @@ from common.models import (
     RunStatus,
     StepSpec,
 )
-from common.tool_models import DocumentEntry, IngestReport
+from common.tool_models import DocumentEntry, IngestReport, StoredDocument
 
 log = logging.getLogger("cairn.api")
 
@@ -283,23 +284,30 @@ def _repeat(response: Response, run_id: str, tenant: str, same: bool | None) -> 
     return StartedRun(id=run_id, tenant=tenant, created=False)
 
 
-def _cursor(query: str, token: bytes | None) -> str | None:
-    if not token:
+def _query_tag(query: str) -> str:
+    return hashlib.sha256(query.encode()).hexdigest()[:16]
+
+
+def _cursor(query: str, position: Position | None) -> str | None:
+    if position is None:
         return None
-    bound = {"q": hashlib.sha256(query.encode()).hexdigest()[:16], "t": base64.b64encode(token).decode()}
+    bound = {"q": _query_tag(query), "s": position.start.isoformat(), "i": position.id}
     return base64.urlsafe_b64encode(json.dumps(bound).encode()).decode().rstrip("=")
 
 
-def _page_token(query: str, cursor: str | None) -> bytes | None:
-    """The Temporal page token in `cursor`, which must come from this same listing (same tenant and
+def _position(query: str, cursor: str | None) -> Position | None:
+    """Where `cursor` says the last page ended; it must come from this same listing (same tenant and
     filter): a cursor of another listing is refused rather than silently mixing two."""
     if cursor is None:
         return None
     try:
         bound = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if bound["q"] != hashlib.sha256(query.encode()).hexdigest()[:16]:
+        if bound["q"] != _query_tag(query):
             raise ValueError("another listing")
-        return base64.b64decode(bound["t"])
+        start = datetime.fromisoformat(bound["s"])
+        if start.tzinfo is None or not isinstance(bound["i"], str):
+            raise ValueError("not a position")
+        return Position(start=start, id=bound["i"])
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise Problem(422, "cursor is not one this listing gave", code="invalid") from None
 
@@ -312,18 +320,14 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 20,
     cursor: Annotated[str | None, Query(max_length=4096)] = None,
 ) -> RunList:
-    """Running runs first, newest first, then finished runs, most recently finished first (Temporal's
-    visibility order)."""
+    """Newest first, by start time; `next_cursor` reads the page after this one."""
     query = runs_query(principal.tenant, phase)
-    listing = services.cairn.temporal.list_workflows(
-        query, page_size=limit, next_page_token=_page_token(query, cursor)
-    )
     try:
-        await listing.fetch_next_page()
+        executions, last = await newest_first(services.cairn.temporal, query, limit, _position(query, cursor))
     except RPCError as err:
         raise Problem(503, f"cannot list runs now: {' '.join(err.message.split())[:200]}") from None
     page = []
-    for execution in listing.current_page or []:
+    for execution in executions:
         memo = await execution.memo()
         attributes = execution.typed_search_attributes
         page.append(
@@ -339,7 +343,7 @@ async def list_runs(
                 closed_at=execution.close_time.isoformat() if execution.close_time else None,
             )
         )
-    return RunList(runs=page, next_cursor=_cursor(query, listing.next_page_token))
+    return RunList(runs=page, next_cursor=_cursor(query, last))
 
 
 @runs.get("/runs/{run_id}", response_model=RunView, response_model_exclude={"report_path"})
@@ -556,6 +560,26 @@ async def list_documents(principal: Reader, services: Svc) -> DocumentList:
 
     corpus = await services.corpus()
     return DocumentList(documents=await corpus.list_documents(corpus_scope(principal.tenant)))
+
+
+@documents.get(
+    "/documents/text", response_model=StoredDocument, summary="One of the tenant's documents, as stored"
+)
+async def read_document(
+    principal: Reader,
+    services: Svc,
+    path: Annotated[
+        str, Query(min_length=1, max_length=4096, description="the path `GET /v1/documents` lists")
+    ],
+) -> StoredDocument:
+    """The document's passages in order: what a run's researcher searched and cited. A path the
+    tenant's corpus does not hold (another tenant's among them) is a 404."""
+    from common.tenancy import corpus_scope
+
+    stored = await (await services.corpus()).read_document(corpus_scope(principal.tenant), path)
+    if stored is None:
+        raise Problem(404, "no such document in your corpus", code="not_found")
+    return stored
 
 
 # -- API keys ------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The web app's pages: the tenant's runs, a new run, and one run (its plan to review, its progress
-live, its report).
+"""The web app's pages: the tenant's runs, a new run, one run (its plan to review, its progress
+live, its report) and one of the tenant's documents (where a source that is a document leads).
 
 Pages are rendered on the server from the run's status query; a small plain-JavaScript module
 (static/app.js) follows the run's event stream and asks for the changed parts of the page again
@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 from typing import Annotated, Any, get_args
+from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.responses import PlainTextResponse, Response
@@ -179,7 +180,10 @@ def _sources_so_far(svc: Services, run_id: str) -> list[dict[str, str | None]]:
             source = Source.model_validate(raw)
             key = source.url or source.path or source.title
             if key and key not in seen:
-                seen[key] = {"key": key, "title": source.title or key, "url": safe_url(source.url)}
+                href = safe_url(source.url) or (
+                    f"/documents?path={quote(source.path)}" if source.path else None
+                )
+                seen[key] = {"key": key, "title": source.title or key, "href": href}
     return list(seen.values())
 
 
@@ -252,6 +256,16 @@ async def report_markdown(request: Request, run_id: str) -> Response:
 async def artifact(request: Request, run_id: str, name: str) -> Response:
     session = await signed_in(request)
     return await routes.artifact(run_id, name, session.principal, services(request))
+
+
+@router.get("/documents")
+async def document_page(
+    request: Request, path: Annotated[str, Query(min_length=1, max_length=4096)]
+) -> Response:
+    """One of the tenant's documents as its runs searched it: a source that is a document links here."""
+    session = await signed_in(request)
+    stored = await routes.read_document(session.principal, services(request), path)
+    return page(request, "document.html", _common(request, session, stored=stored))
 
 
 async def _settled(svc: Services, run_id: str, changed: Any) -> None:

@@ -16,7 +16,7 @@ if (main) follow(main.dataset.run);
 function follow(runId) {
   const base = `/runs/${encodeURIComponent(runId)}`;
   const served = new Map(); // id of a [data-live] part -> its HTML as the server last sent it
-  const sources = new Map(); // key -> {title, url}
+  const sources = new Map(); // key -> {title, href}
   let last = 0; // the id of the last event applied
   let stream = null;
   let ended = false;
@@ -86,7 +86,12 @@ function follow(runId) {
   function addSources(list) {
     for (const s of list) {
       const key = s.url || s.path || s.title;
-      if (key && !sources.has(key)) sources.set(key, { title: s.title || key, url: s.url });
+      if (!key || sources.has(key)) continue;
+      // A web page opens at its URL (http(s) only); one of the tenant's documents at its page here.
+      let href = null;
+      if (s.url && /^https?:\/\//i.test(s.url)) href = s.url;
+      else if (s.path) href = `/documents?path=${encodeURIComponent(s.path)}`;
+      sources.set(key, { title: s.title || key, href });
     }
     const ul = document.getElementById("sources");
     if (!ul) return;
@@ -95,9 +100,9 @@ function follow(runId) {
       if (shown.has(key)) continue;
       const li = document.createElement("li");
       li.dataset.key = key;
-      if (s.url && /^https?:\/\//i.test(s.url)) {
+      if (s.href) {
         const a = document.createElement("a");
-        a.href = s.url;
+        a.href = s.href;
         a.rel = "noopener noreferrer";
         a.textContent = s.title;
         li.append(a);
