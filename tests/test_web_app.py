@@ -20,6 +20,8 @@ from temporalio.client import Client
 
 from activities.sandbox import SandboxActivities
 from client.api import CairnClient
+from client.server.app import ServerConfig
+from common.env import ConfigError
 from common.web_config import FetchConfig, SearchConfig
 from testkit.dev_server import DevServer
 from testkit.oidc_issuer import AUDIENCE, KEYS, Issuer
@@ -592,6 +594,7 @@ async def test_sessions_are_server_side_cookies_that_scripts_cannot_read(stack: 
         assert answer.status_code == 303 and answer.headers["location"] == "/runs"  # Never another site.
         cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith("cairn_session="))
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie
+        assert "Max-Age=43200" in cookie  # CAIRN_WEB_SESSION_HOURS, 12 by default.
         token = cookie.split(";", 1)[0].split("=", 1)[1]
         assert (await http.get("/runs")).status_code == 200
         # The session opens the web app, not the API: /v1 still wants a bearer credential.
@@ -636,3 +639,11 @@ async def test_sessions_are_server_side_cookies_that_scripts_cannot_read(stack: 
     log = stack.api.log()
     assert key not in log and secret not in log and token not in log
     assert json.dumps(token) not in log
+
+
+def test_the_web_session_lasts_as_configured_within_bounds() -> None:
+    assert ServerConfig.from_env({"CAIRN_WEB_SESSION_HOURS": "1.5"}).session_hours == 1.5
+    assert ServerConfig.from_env({}).session_hours == 12
+    for bad in ("0", "-1", "721", "soon"):
+        with pytest.raises(ConfigError, match="CAIRN_WEB_SESSION_HOURS"):
+            ServerConfig.from_env({"CAIRN_WEB_SESSION_HOURS": bad})

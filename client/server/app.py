@@ -47,7 +47,7 @@ from client.server.keys import KeyStore
 from client.server.policy import Policies
 from client.server.problems import Problem, install, problem_response
 from client.server.quotas import Quotas
-from client.server.sessions import Session, SessionStore, cookie_name
+from client.server.sessions import MAX_SESSION_HOURS, SESSION_HOURS, Session, SessionStore, cookie_name
 from client.server.tenants import RunIndex
 from common.config import TemporalConfig, cairn_home
 from common.env import ConfigError, number, whole
@@ -77,6 +77,7 @@ class ServerConfig:
     max_upload_bytes: int = 50 * 1024 * 1024
     cors_origins: tuple[str, ...] = ()
     keepalive_seconds: float = KEEPALIVE_SECONDS
+    session_hours: float = SESSION_HOURS
     env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -94,8 +95,14 @@ class ServerConfig:
             max_upload_bytes=whole(env, "CAIRN_INGEST_MAX_BYTES", MAX_BYTES),
             cors_origins=origins,
             keepalive_seconds=number(env, "CAIRN_SSE_KEEPALIVE_SECONDS", KEEPALIVE_SECONDS),
+            session_hours=number(env, "CAIRN_WEB_SESSION_HOURS", SESSION_HOURS),
             env=env,
         )
+        if not 0 < config.session_hours <= MAX_SESSION_HOURS:
+            raise ConfigError(
+                f"CAIRN_WEB_SESSION_HOURS must be more than 0 and at most {MAX_SESSION_HOURS:g} "
+                f"(a signed-in browser is a credential), not {config.session_hours:g}"
+            )
         return cls(**{**config.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
 
 
@@ -185,7 +192,7 @@ class Services:
             quotas=quotas,
             index=RunIndex(temporal),
             feeds=Feeds(temporal),
-            sessions=SessionStore(db, keys),
+            sessions=SessionStore(db, keys, hours=config.session_hours),
         )
 
     def sandbox_artifacts_root(self) -> Path:

@@ -51,7 +51,8 @@ SCHEMA: Final = (
         next_path TEXT NOT NULL,
         expires_at TEXT NOT NULL)""",
 )
-SESSION_HOURS: Final = 12.0
+SESSION_HOURS: Final = 12.0  # CAIRN_WEB_SESSION_HOURS: how long a web sign-in lasts.
+MAX_SESSION_HOURS: Final = 24.0 * 30
 LOGIN_MINUTES: Final = 10.0
 COOKIE: Final = "cairn_session"
 # Behind HTTPS the cookie takes the __Host- prefix: the browser then insists on Secure, Path=/ and no
