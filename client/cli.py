@@ -25,9 +25,11 @@ from client.embedded import Embedded, EmbeddedError, port_open
 from client.http_client import ApiClient, api_settings
 from client.ingest_cli import add_ingest_command
 from client.keys_cli import add_keys_command
+from client.report_cli import report_bytes, write_report
 from client.sandbox_cli import add_sandbox_commands
 from client.server.serve import add_serve_command
 from client.watch import watch
+from client.web.export import FORMATS
 from common.config import ConfigError, LLMConfig, TemporalConfig, private_files
 from common.models import RunStatus
 from common.tenancy import DEFAULT_TENANT, check_run_id
@@ -262,8 +264,14 @@ async def cmd_report(args: argparse.Namespace) -> int:
     status = await cairn.status(args.id)
     if status.phase not in ("done", "aborted"):
         raise CairnError(f"run {args.id} is {status.phase}; its report is not written yet")
-    result = await cairn.result(args.id)
-    _emit(args, result, result.report)
+    if args.format == "md" and args.output is None:
+        result = await cairn.result(args.id)
+        _emit(args, result, result.report)
+        return 0
+    data = await report_bytes(cairn, args.id, args.format)
+    written = write_report(data, args.id, args.format, args.output)
+    if written != "-":
+        _emit(args, {"path": written, "bytes": len(data)}, f"Wrote {written} ({len(data):,} bytes)")
     return 0
 
 
@@ -378,11 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
         sub.add_argument("--version", type=int, help="plan version (default: the one awaiting approval)")
 
-    for name, handler, help_text in (
-        ("status", cmd_status, "show a run's phase, plan and usage"),
-        ("report", cmd_report, "print a finished run's report"),
-    ):
-        command(name, handler, help_text).add_argument("id")
+    command("status", cmd_status, "show a run's phase, plan and usage").add_argument("id")
+    report = command("report", cmd_report, "print a finished run's report, or write it as a file")
+    report.add_argument("id")
+    report.add_argument("--format", choices=FORMATS, default="md", help="md (default), html, pdf or docx")
+    report.add_argument("--output", "-o", help="file to write (- for stdout; default <run id>.<format>)")
     watch_cmd = command("watch", cmd_watch, "follow a run's progress live until it ends")
     watch_cmd.add_argument("id")
     watch_cmd.add_argument("--interval", type=float, default=1.0, help="seconds between updates")

@@ -174,6 +174,15 @@ class ApiClient:
         )
         return ResearchResult.model_validate(answer)
 
+    async def report_file(self, workflow_id: str, fmt: str) -> bytes:
+        """The finished run's report as the file the API makes in `fmt` (client/web/export.py)."""
+        from client.web.export import MEDIA_TYPES
+
+        answer = await self._call(
+            "GET", f"/v1/runs/{_path(workflow_id)}/report", headers={"Accept": MEDIA_TYPES[fmt]}
+        )
+        return answer.content
+
     async def running_activities(self, workflow_id: str) -> list[RunningActivity]:
         """Not exposed by the API: `cairn watch` shows the plan's running steps instead."""
         return []

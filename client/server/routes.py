@@ -34,8 +34,10 @@ from temporalio.service import RPCError
 from client.api import CairnError
 from client.server.app import Services, services_of
 from client.server.auth import Action, Principal, Role, allows
+from client.server.exports import export_response
 from client.server.problems import Problem
 from client.server.tenants import runs_query
+from client.web.export import MEDIA_TYPES, format_of_accept
 from common.models import (
     MAX_FEEDBACK_CHARS,
     MAX_REASON_CHARS,
@@ -419,13 +421,20 @@ async def raise_budget(run_id: str, body: RaiseBudget, principal: Writer, servic
 
 @runs.get(
     "/runs/{run_id}/report",
-    responses={200: {"content": {"text/markdown": {}, "application/json": {}}}},
-    summary="The report: markdown, or the whole result with Accept: application/json",
+    responses={
+        200: {"content": {media.split(";")[0]: {} for media in ["application/json", *MEDIA_TYPES.values()]}}
+    },
+    summary="The report: markdown; the whole result with Accept: application/json; or a file by Accept "
+    "(text/html, application/pdf, DOCX's type)",
 )
 async def report(run_id: str, request: Request, principal: Reader, services: Svc) -> Response:
     result = await written_report(services, principal, run_id)
-    if "application/json" in request.headers.get("accept", ""):
+    accept = request.headers.get("accept", "")
+    if "application/json" in accept:
         return JSONResponse(result.model_dump(mode="json", exclude={"report_path"}))
+    fmt = format_of_accept(accept)
+    if fmt is not None and fmt != "md":
+        return await export_response(services, principal, result, fmt)
     return PlainTextResponse(result.report, media_type="text/markdown; charset=utf-8")
 
 

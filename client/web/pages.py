@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, cast, get_args
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.datastructures import FormData
@@ -28,10 +28,12 @@ from client.api import CairnError
 from client.server import routes
 from client.server.app import Services
 from client.server.auth import Principal, allows
+from client.server.exports import export_response
 from client.server.problems import Problem
 from client.server.sessions import Session
 from client.web import plan_editor, signin
 from client.web.base import HERE, checked_form, install_errors, page, see_other, services, signed_in
+from client.web.export import FORMATS, ExportFormat
 from client.web.render import render_report, safe_url
 from common.models import AddStep, Phase, RaiseBudget, RunRequest, RunStatus, Source, StepKind
 
@@ -236,16 +238,15 @@ async def run_events(
     return routes.event_stream(svc, run_id, last_event_id, after)
 
 
-@router.get("/runs/{run_id}/report.md")
-async def report_markdown(request: Request, run_id: str) -> Response:
+@router.get("/runs/{run_id}/report.{fmt}")
+async def report_download(request: Request, run_id: str, fmt: str) -> Response:
+    """The report as a file: markdown, HTML, PDF or DOCX (client/web/export.py)."""
     session = await signed_in(request)
-    result = await routes.written_report(services(request), session.principal, run_id)
-    name = run_id.replace(".", "-") + ".md"
-    return PlainTextResponse(
-        result.report,
-        media_type="text/markdown; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
-    )
+    if fmt not in FORMATS:
+        raise Problem(404, f"no report format {fmt[:20]!r}; one of {', '.join(FORMATS)}", code="not_found")
+    svc = services(request)
+    result = await routes.written_report(svc, session.principal, run_id)
+    return await export_response(svc, session.principal, result, cast(ExportFormat, fmt))
 
 
 @router.get("/runs/{run_id}/artifacts/{name:path}")
