@@ -111,6 +111,10 @@ def render_status(workflow_id: str, status: RunStatus) -> str:
     if status.phase == "paused":
         lines.append(f"Paused: {budget.reached} was reached. Go on with:")
         lines.append(f"  cairn raise-budget {workflow_id} --tokens N --cost USD --deadline SECONDS")
+    elif status.phase == "clarifying" and status.clarification is not None:
+        lines.append("The planner asks, before it plans:")
+        lines += [f"  - {q}" for q in status.clarification.questions]
+        lines.append(f'Answer with:\n  cairn answer {workflow_id} "your answer"')
     elif status.waiting_for:
         lines.append(f"Waiting for {status.waiting_for}:")
         lines.append(f"  cairn approve {workflow_id}")
@@ -133,6 +137,9 @@ async def _follow(cairn: CairnClient | ApiClient, workflow_id: str) -> None:
             status = None
         if status and status.phase == "awaiting_approval" and status.plan and status.plan.version > shown:
             shown = status.plan.version
+            _notice(render_status(workflow_id, status))
+        elif status and status.phase == "clarifying" and shown == 0:
+            shown = -1  # Once: the questions do not change.
             _notice(render_status(workflow_id, status))
         await asyncio.sleep(1.0)
 
@@ -160,6 +167,7 @@ async def cmd_research(args: argparse.Namespace) -> int:
         "cost_budget_usd": args.cost_budget,
         "deadline_seconds": args.deadline,
         "on_budget": args.on_budget,
+        "clarify": args.clarify,
     }
     options = {k: v for k, v in options.items() if v is not None}
     validated_input(args.question, **options)  # Refuse bad input before starting anything.
@@ -244,6 +252,14 @@ async def cmd_edit(args: argparse.Namespace) -> int:
         f"  {s.id:>4} {s.title} ({s.kind})" for s in plan.steps
     )
     _emit(args, plan, text)
+    return 0
+
+
+async def cmd_answer(args: argparse.Namespace) -> int:
+    clarification = await (await _connect()).answer(args.id, args.text)
+    _emit(
+        args, clarification, f"Answered {len(clarification.questions)} question(s) of {args.id}; it plans now"
+    )
     return 0
 
 
@@ -369,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     research.add_argument("--cost-budget", type=float, help="US dollars the whole run may spend")
     research.add_argument("--deadline", type=float, help="seconds from the start")
     research.add_argument("--on-budget", choices=["pause", "finish"], help="at a limit (default pause)")
+    research.add_argument(
+        "--clarify",
+        choices=["auto", "never", "always"],
+        help="clarifying questions before planning: when the question is ambiguous (auto, the default), "
+        "never, or always",
+    )
 
     for name, handler, help_text in (
         ("approve", cmd_approve, "approve the plan awaiting approval"),
@@ -391,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("id")
     report.add_argument("--format", choices=FORMATS, default="md", help="md (default), html, pdf or docx")
     report.add_argument("--output", "-o", help="file to write (- for stdout; default <run id>.<format>)")
+    answer = command("answer", cmd_answer, "answer the planner's clarifying questions")
+    answer.add_argument("id")
+    answer.add_argument("text", help="your answer to the questions, in one text")
     watch_cmd = command("watch", cmd_watch, "follow a run's progress live until it ends")
     watch_cmd.add_argument("id")
     watch_cmd.add_argument("--interval", type=float, default=1.0, help="seconds between updates")

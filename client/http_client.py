@@ -25,9 +25,23 @@ from typing import Any
 
 import httpx
 
-from client.api import CairnError, ErrorKind, RunningActivity, RunSummary, validated_input, validated_steps
+from client.api import (
+    CairnError,
+    ErrorKind,
+    RunningActivity,
+    RunSummary,
+    validated_input,
+    validated_steps,
+)
 from common.env import ConfigError, base_url
-from common.models import BudgetStatus, Plan, ResearchResult, RunStatus, StepSpec
+from common.models import (
+    BudgetStatus,
+    Clarification,
+    Plan,
+    ResearchResult,
+    RunStatus,
+    StepSpec,
+)
 
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 RECONNECTS = 30
@@ -160,6 +174,10 @@ class ApiClient:
             },
         )
         return BudgetStatus.model_validate(answer)
+
+    async def answer(self, workflow_id: str, answer: str) -> Clarification:
+        reply = await self._json("POST", f"/v1/runs/{_path(workflow_id)}/answer", json={"answer": answer})
+        return Clarification.model_validate(reply)
 
     async def abort(self, workflow_id: str, reason: str = "") -> None:
         await self._call("POST", f"/v1/runs/{_path(workflow_id)}/abort", json={"reason": reason})

@@ -51,6 +51,7 @@ SIGNAL_SKIP_STEP: Final = "skip_step"
 SIGNAL_ADD_STEP: Final = "add_step"
 UPDATE_EDIT_PLAN: Final = "edit_plan"
 UPDATE_RAISE_BUDGET: Final = "raise_budget"
+UPDATE_ANSWER_CLARIFICATION: Final = "answer_clarification"
 QUERY_STATUS: Final = "status"
 
 # Custom search attributes (Keyword), registered by `cairn dev` (client/embedded.py) and filterable in

@@ -18,7 +18,8 @@ altogether, or tools; one whose tool calls come several to a message or with bro
 
 The *content* is scripted per role (a plan for the planner, a finding for the researcher writing up its
 step), and question markers steer it: `[steps=N]` sets the plan's size, `[code]` adds a code step,
-`[replan=K]` makes the reviewer ask for one more step K times. A scripted answer is fitted to the
+`[replan=K]` makes the reviewer ask for one more step K times, `[ambiguous]` makes the clarifier ask
+two questions (it asks none otherwise). A scripted answer is fitted to the
 schema a request carries, as constrained decoding would; `conformed` counts the answers that needed it.
 Faults and answers scripted with `fail_next` and `answer_next` are served as they are (a misbehaving
 server), and a `chooser` (testkit/chaos.py) may decide a fault for any other request.
@@ -55,7 +56,7 @@ def role_of(messages: list[dict[str, Any]]) -> str:
     """Which Cairn role sent this request, from the fixed first line of its system prompt (content is
     scripted per role). The researcher writing up its finding counts as "finding"."""
     system = next((str(m["content"]) for m in messages if m.get("role") in _SYSTEM_ROLES), "")
-    for role in ("planner", "plan reviewer", "researcher", "coder", "reporter"):
+    for role in ("planner", "clarifier", "plan reviewer", "researcher", "coder", "reporter"):
         if system.startswith(f"You are Cairn's {role}."):
             if role == "researcher" and "Write the finding of your research step" in system:
                 return "finding"
@@ -165,10 +166,16 @@ def default_reply(messages: list[dict[str, Any]]) -> str:
                     "description": "Sum them, and save them as a table and a chart.",
                 }
             )
+        answer = re.search(r"The person's answer: (.*)", text)
+        if answer:  # A plan shaped by the answer to clarifying questions, as a planner's would be.
+            steps.insert(0, {"title": f"Focus on {answer.group(1)[:80]}", "kind": "research"})
         feedback = re.search(r"Feedback from the person: (.*)", text)
         if feedback:
             steps.append({"title": f"Address feedback: {feedback.group(1)[:80]}", "kind": "research"})
         return json.dumps({"rationale": "Cover each aspect once.", "steps": steps})
+    if role == "clarifier":
+        questions = ["Which region do you mean?", "Over what period?"] if "[ambiguous]" in question else []
+        return json.dumps({"questions": questions})
     if role == "reviewer":
         wanted = _marker(question, "replan", 0)
         done = len(set(re.findall(r"Follow-up (\d+)", text)))

@@ -454,6 +454,28 @@ async def test_a_chart_a_code_step_made_is_shown_in_the_report(
         await ada.close()
 
 
+async def test_a_person_answers_the_planners_clarifying_questions(stack: ApiStack, browser: Browser) -> None:
+    ada = await person(browser, stack, "atlas")
+    page = ada.page
+    try:
+        await start_research(page, "Which battery is best? [ambiguous] [steps=1]")
+        await expect(page.get_by_role("heading", name="The planner asks, before it plans")).to_be_visible(
+            timeout=SECONDS
+        )
+        await expect(page.locator("ol.questions li")).to_have_text(
+            ["Which region do you mean?", "Over what period?"]
+        )
+        await page.get_by_role("button", name="Send answer").click()  # Nothing written: refused.
+        await expect(page.get_by_role("alert")).to_have_text("the answer is empty")
+        await page.get_by_label("Your answer").fill("Grid storage in Europe")
+        await page.get_by_role("button", name="Send answer").click()
+        # The plan the answer shaped arrives for approval.
+        await expect(page.get_by_role("button", name="Approve")).to_be_visible(timeout=SECONDS)
+        await expect(page.get_by_label("Step 1 Title")).to_have_value("Focus on Grid storage in Europe")
+    finally:
+        await ada.close()
+
+
 async def tab_to(page: Page, name: str, presses: int = 80) -> None:
     """Press Tab until the focused control's accessible name is `name`."""
     for _ in range(presses):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from common.models import Finding, Plan, Source
+from common.models import Clarification, Finding, Plan, Source
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Characters that make markdown or HTML wherever they stand; a backslash before any of them makes it
@@ -98,6 +98,20 @@ def artifacts_section(findings: list[Finding]) -> str:
         for a in f.artifacts
     ]
     return "\n\n## Artifacts\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def method_section(clarification: Clarification | None) -> str:
+    """How the question was pinned down before planning: the planner's questions and the answer."""
+    if clarification is None or not clarification.questions:
+        return ""
+    lines = "\n".join(f"- {md_inline(q)}" for q in clarification.questions)
+    if clarification.answer is not None:
+        answered = f"The person answered: {md_inline(clarification.answer, 2000)}"
+    elif clarification.timed_out:
+        answered = "No answer came within the time allowed; the run planned without one."
+    else:
+        answered = "The run ended before an answer came."
+    return f"\n\n## Method\n\nBefore planning, the planner asked:\n\n{lines}\n\n{answered}\n"
 
 
 def budget_section(reached: str | None) -> str:

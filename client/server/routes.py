@@ -44,7 +44,9 @@ from common.models import (
     MAX_STEP_ID_CHARS,
     MAX_STEPS,
     AddStep,
+    AnswerClarification,
     BudgetStatus,
+    Clarification,
     Phase,
     Plan,
     RaiseBudget,
@@ -400,6 +402,14 @@ async def add_step(run_id: str, body: AddStep, principal: Writer, services: Svc)
     await owned(services, principal, run_id)
     await services.cairn.add_step(run_id, body.title, body.kind, body.description)
     return Accepted(id=run_id, accepted="add_step")
+
+
+@runs.post("/runs/{run_id}/answer", response_model=Clarification)
+async def answer(run_id: str, body: AnswerClarification, principal: Writer, services: Svc) -> Clarification:
+    """Answer the planner's clarifying questions (the run is `clarifying`); the run then plans. 409
+    with the run's reason when no question waits."""
+    await owned(services, principal, run_id)
+    return await services.cairn.answer(run_id, body.answer)
 
 
 @runs.post("/runs/{run_id}/budget", response_model=BudgetStatus)

@@ -35,7 +35,16 @@ from client.web import plan_editor, signin
 from client.web.base import HERE, checked_form, install_errors, page, see_other, services, signed_in
 from client.web.export import FORMATS, ExportFormat
 from client.web.render import render_report, safe_url
-from common.models import AddStep, Phase, RaiseBudget, RunRequest, RunStatus, Source, StepKind
+from common.models import (
+    AddStep,
+    AnswerClarification,
+    Phase,
+    RaiseBudget,
+    RunRequest,
+    RunStatus,
+    Source,
+    StepKind,
+)
 
 router = APIRouter(include_in_schema=False)
 PHASES: tuple[str, ...] = get_args(Phase)
@@ -49,6 +58,8 @@ LIST_STATUS_SECONDS = 3.0
 def view_of(phase: str) -> str:
     if phase == "awaiting_approval":
         return "review"
+    if phase == "clarifying":
+        return "clarify"
     return "ended" if phase in ENDED else "working"
 
 
@@ -144,6 +155,7 @@ async def start_run(request: Request) -> Response:
         options: dict[str, Any] = {
             "question": str(form.get("question") or ""),
             "auto_approve": form.get("auto_approve") == "on",
+            "clarify": str(form.get("clarify") or "auto"),
         }
         for name, kind in (
             ("max_steps", int),
@@ -302,6 +314,28 @@ async def approve(request: Request, run_id: str) -> Response:
     await routes.approve(run_id, session.principal, svc, routes.Approve(plan_version=version))
     await _settled(svc, run_id, lambda s: s.phase != "awaiting_approval")
     return see_other(f"/runs/{run_id}")
+
+
+@router.post("/runs/{run_id}/answer")
+async def answer(request: Request, run_id: str) -> Response:
+    """The answer to the planner's clarifying questions; shown again with the reason when refused."""
+    session = await signed_in(request, "write")
+    form = await checked_form(request, session)
+    svc = services(request)
+    try:
+        body = AnswerClarification(answer=str(form.get("answer") or ""))
+        await routes.answer(run_id, body, session.principal, svc)
+    except ValidationError as err:
+        reason, status = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors()), 422
+    except CairnError as err:
+        if err.kind == "not_found":
+            raise
+        reason, status = str(err), 409  # No question waits any more (answered elsewhere, or timed out).
+    else:
+        await _settled(svc, run_id, lambda s: s.phase != "clarifying")
+        return see_other(f"/runs/{run_id}")
+    context = await _run_context(request, session, run_id, answer_error=reason)
+    return page(request, "run.html", context, status=status)
 
 
 @router.post("/runs/{run_id}/revise")
