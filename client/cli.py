@@ -31,6 +31,7 @@ from client.server.serve import add_serve_command
 from client.watch import watch
 from client.web.export import FORMATS
 from common.config import ConfigError, LLMConfig, TemporalConfig, private_files
+from common.domains import deployment_domains, run_policy
 from common.models import RunStatus
 from common.tenancy import DEFAULT_TENANT, check_run_id
 from common.tracing import shutdown_process_tracing
@@ -179,6 +180,10 @@ async def cmd_research(args: argparse.Namespace) -> int:
             raise CairnError(f"invalid run id: {err}") from None
     if api_settings() is None:
         LLMConfig.from_env().require()  # Through the API, the model is the server's to configure.
+        try:  # Through the API, the domain policy is the server's (the deployment's and the tenant's).
+            options["domains"] = run_policy(deployment_domains())
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     cairn = await _connect(start_embedded=True)
     workflow_id = await cairn.start(args.question, workflow_id=args.id, **options)
     if isinstance(cairn, CairnClient) and not await _worker_appears(cairn, seconds=10):

@@ -101,6 +101,8 @@ FETCH_HOST_NOT_FOUND: Final = "FetchHostNotFound"
 FETCH_TLS: Final = "FetchTLSFailed"
 FETCH_TOO_MANY_REDIRECTS: Final = "FetchTooManyRedirects"
 FETCH_EMPTY: Final = "FetchEmpty"
+# A URL the run's domain policy refuses (common/domains.py): never retried, the model reads why.
+DOMAIN_BLOCKED: Final = "DomainBlocked"
 
 CORPUS_UNAVAILABLE: Final = "CorpusUnavailable"
 TOOL_BAD_ARGUMENTS: Final = "ToolBadArguments"

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from temporalio.contrib.workflow_streams import WorkflowStreamState
 
+from common.domains import DomainPolicy
 from common.names import (
     SIGNAL_ABORT,
     SIGNAL_ADD_STEP,
@@ -142,6 +143,9 @@ class ResearchInput(RunRequest):
     # taken from a request body. It scopes the documents the researcher searches and where the
     # report is written.
     tenant: Annotated[str, AfterValidator(valid_tenant)] = DEFAULT_TENANT
+    # The domains the run may search and read (common/domains.py): set, like the tenant, by the client
+    # or the API from the deployment's and the tenant's configuration, never from a request body.
+    domains: DomainPolicy | None = None
     # Set by the workflow itself when it continues as new: the state a long run carries forward.
     carried: Carried | None = None
 
@@ -483,6 +487,7 @@ class StepInput(Tolerant):
     context_tokens: int = 8000
     # Whose run the step belongs to: the researcher searches this tenant's documents only.
     tenant: str = DEFAULT_TENANT
+    domains: DomainPolicy | None = None  # the run's domain policy, for web_search and fetch_url
 
 
 class SaveReport(Tolerant):

@@ -83,7 +83,7 @@ def researcher_turn(
     """The researcher's next tool calls (none: it is done). Steered by question markers:
     `[query=...]` what to search for, `[pages=N]` how many found pages to read (default 2),
     `[recall]` search the run's archive once after reading, `[corpus]` search the corpus beside the
-    web. A round whose calls all came back as malformed is made again, as a model would.
+    web, `[fetch=URL]` read that URL too, beside the found pages. A round whose calls all came back as malformed is made again, as a model would.
     `together` puts every search of the first round in one message."""
     task = _user_text(messages)
     turns = _useful_turns(messages)
@@ -105,7 +105,8 @@ def researcher_turn(
                     if url not in seen:
                         seen.append(url)
         wanted = _marker(task, "pages", 2)
-        return _calls(asked, [("fetch_url", {"url": url}) for url in seen[:wanted]])
+        extra = [m.group(1) for m in re.finditer(r"\[fetch=([^\]\s]+)\]", task)]
+        return _calls(asked, [("fetch_url", {"url": url}) for url in [*seen[:wanted], *extra]])
     if turns == 2 and "[recall]" in task:
         return _calls(asked, [("recall", {"query": query})])
     return []

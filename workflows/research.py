@@ -261,7 +261,7 @@ class ResearchWorkflow:
             self._reached = None
             return reporting.partial_report(
                 self._input.question, reason, self._book.plan, self._book.ordered_findings()
-            ) + reporting.method_section(self._clarifier.clarification)
+            ) + reporting.method_section(self._clarifier.clarification, self._input.domains)
 
     async def _clarify(self) -> None:
         """Ask the planner's clarifying questions, if it has any, and wait for the person's answer
@@ -398,6 +398,7 @@ class ResearchWorkflow:
                         tokens=self._step_tokens(),
                         context_tokens=self._input.researcher_context_tokens,
                         tenant=self._input.tenant,
+                        domains=self._input.domains,
                     ),
                     id=f"{workflow.info().workflow_id}/{step.id}",
                     result_type=Finding,
@@ -537,7 +538,7 @@ class ResearchWorkflow:
         return (
             reporting.keep_known_citations(reply.content.rstrip(), sources)
             + "\n"
-            + reporting.method_section(self._clarifier.clarification)
+            + reporting.method_section(self._clarifier.clarification, self._input.domains)
             + reporting.artifacts_section(findings)
             + reporting.budget_section(self._finished_by_budget)
             + reporting.sources_section(sources)

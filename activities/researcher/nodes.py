@@ -31,6 +31,7 @@ from activities.researcher.finding import notes_of, parse_finding
 from activities.run_events import tell_tool_call
 from activities.web_search import WebSearch
 from common import errors
+from common.domains import DomainPolicy
 from common.names import TOOL_CORPUS_SEARCH, TOOL_FETCH_URL, TOOL_RECALL, TOOL_WEB_SEARCH
 from common.structured import finding_model, output_spec
 from common.tenancy import DEFAULT_CORPUS_SCOPE, is_document_scope
@@ -155,14 +156,14 @@ class ResearcherNodes:
 
     async def web_search(self, task: ToolTask) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
-            found = await self._search.search(_arg(task, "query"))
+            found = await self._search.search(_arg(task, "query"), domains=_policy(task))
             return {"kind": "search", **found.model_dump()}
 
         return await _answered(task, await _typed_failures(run))
 
     async def fetch_url(self, task: ToolTask) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
-            page = await self._fetcher.fetch(_arg(task, "url"))
+            page = await self._fetcher.fetch(_arg(task, "url"), domains=_policy(task))
             if task["scope"]:
                 await self._corpus.ingest(page.final_url, page.title, page.text, scope=task["scope"])
             return {"kind": "page", **page.model_dump()}
@@ -191,6 +192,12 @@ class ResearcherNodes:
             "archive": not is_document_scope(scope),
             "passages": [p.model_dump() for p in found],
         }
+
+
+def _policy(task: ToolTask) -> DomainPolicy | None:
+    """The run's domain policy, as the workflow put it into the task (never from the model's arguments)."""
+    domains = task.get("domains")
+    return DomainPolicy.model_validate(domains) if domains else None
 
 
 async def _answered(task: ToolTask, result: dict[str, Any]) -> dict[str, Any]:

@@ -247,6 +247,7 @@ async def start_run(
             {
                 **body.model_dump(),
                 "tenant": tenant,
+                "domains": services.policies.domains_of(tenant),
                 "token_budget": admission.token_budget,
                 "cost_budget_usd": admission.cost_budget_usd,
             }

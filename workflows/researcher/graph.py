@@ -25,6 +25,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
 from common import errors
+from common.domains import DomainPolicy
 from common.names import (
     NODE_FINDING,
     NODE_MODEL,
@@ -92,6 +93,8 @@ class ResearcherState(TypedDict, total=False):
     # The tenant's documents, the only ones `corpus_search` reads (common/tenancy.py corpus_scope). A
     # state begun before tenants has none: that was the default tenant's, "corpus".
     corpus: str
+    # The run's domain policy (common/domains.py DomainPolicy as JSON); absent or None: no policy.
+    domains: dict[str, Any] | None
     turn: int
     finding: dict[str, Any] | None
     finding_error: str
@@ -103,6 +106,7 @@ class ToolTask(TypedDict, total=False):
     call: dict[str, Any]
     scope: str  # the run's archive: where fetch_url files pages and recall searches
     corpus: str  # the tenant's documents: where corpus_search searches; absent means "corpus"
+    domains: dict[str, Any] | None  # the run's domain policy, which web_search and fetch_url apply
     refusal: str
     refusal_type: str  # the typed error the model reads for a refused call
 
@@ -133,6 +137,8 @@ async def after_model(state: ResearcherState) -> Any:
     if not calls or budget_spent(state):
         return NODE_FINDING
     remaining = state["limits"]["tool_calls"] - state.get("tool_calls", 0)
+    domains = state.get("domains")
+    policy = DomainPolicy.model_validate(domains) if domains else None
     sends = []
     for i, call in enumerate(calls):
         refusal, kind = "", errors.TOOL_REFUSED
@@ -145,11 +151,19 @@ async def after_model(state: ResearcherState) -> Any:
             refusal = f"there is no tool named {call.get('name')!r} here; use one of {state.get('offered')}"
         elif i >= remaining:
             refusal = "the step's tool-call budget is spent; write up what you have"
+        elif policy is not None and call["name"] == TOOL_FETCH_URL:
+            # Refused here, before any activity: the model reads why and picks another source. The
+            # activity checks again on every redirect hop.
+            url = (call.get("args") or {}).get("url")
+            blocked = policy.refusal(url) if isinstance(url, str) and url.strip() else None
+            if blocked:
+                refusal, kind = blocked, errors.DOMAIN_BLOCKED
         target = NODE_REFUSE if refusal else call["name"]
         task = ToolTask(
             call=call,
             scope=state.get("scope", ""),
             corpus=state.get("corpus", DEFAULT_CORPUS_SCOPE),
+            domains=domains,
             refusal=refusal,
             refusal_type=kind,
         )
