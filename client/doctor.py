@@ -421,6 +421,35 @@ async def check_export(env: dict[str, str]) -> list[Check]:
     ]
 
 
+async def check_mcp(env: dict[str, str]) -> list[Check]:
+    """Each MCP server of CAIRN_MCP_CONFIG: whether it answers, and its tools."""
+    from temporalio.exceptions import ApplicationError
+
+    from activities.mcp_tools import McpTools
+    from common.mcp_config import McpConfig
+
+    try:
+        config = McpConfig.from_env(env)
+    except ValueError as err:
+        return [Check("MCP config", FAIL, str(err), "fix the file CAIRN_MCP_CONFIG names")]
+    if not config.servers:
+        return []
+    tools = McpTools(config, env)
+
+    async def one(server: Any) -> Check:
+        name = f"MCP {server.name}"
+        try:
+            found = await tools.list_server(server)
+        except ApplicationError as err:
+            return Check(
+                name, FAIL, err.message, f"start it, or fix [servers.{server.name}] in CAIRN_MCP_CONFIG"
+            )
+        listed = ", ".join(sorted(t.name for t in found)) or "none"
+        return Check(name, OK, f"{server.transport}, answers; tools: {listed}")
+
+    return list(await asyncio.gather(*(one(s) for s in config.servers)))
+
+
 CHECKS: dict[str, Callable[[dict[str, str]], Awaitable[list[Check]]]] = {
     "temporal": check_temporal,
     "llm": check_llm,
@@ -428,6 +457,7 @@ CHECKS: dict[str, Callable[[dict[str, str]], Awaitable[list[Check]]]] = {
     "search": check_search,
     "storage": check_storage,
     "export": check_export,
+    "mcp": check_mcp,
 }
 
 

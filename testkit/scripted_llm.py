@@ -83,7 +83,8 @@ def researcher_turn(
     """The researcher's next tool calls (none: it is done). Steered by question markers:
     `[query=...]` what to search for, `[pages=N]` how many found pages to read (default 2),
     `[recall]` search the run's archive once after reading, `[corpus]` search the corpus beside the
-    web, `[fetch=URL]` read that URL too, beside the found pages. A round whose calls all came back as malformed is made again, as a model would.
+    web, `[fetch=URL]` read that URL too, beside the found pages, `[mcp=NAME {json}]` call that MCP tool
+    first when it is offered. A round whose calls all came back as malformed is made again, as a model would.
     `together` puts every search of the first round in one message."""
     task = _user_text(messages)
     turns = _useful_turns(messages)
@@ -93,7 +94,12 @@ def researcher_turn(
     query = found.group(1) if found else (step.group(1) if step else task[:80])
     if turns == 0:
         first = "web_search" if "web_search" in tools else "corpus_search"
-        calls = [(first, {"query": query})]
+        calls = [
+            (name, json.loads(args or "{}"))
+            for name, args in re.findall(r"\[mcp=(mcp__[\w-]+)(?: (\{[^\]]*\}))?\]", task)
+            if name in tools
+        ]
+        calls.append((first, {"query": query}))
         if first == "web_search" and ("[corpus]" in task or (together and "corpus_search" in tools)):
             calls.append(("corpus_search", {"query": query}))
         return _calls(asked, calls)

@@ -110,6 +110,11 @@ def render(result: dict[str, Any], book: SourceBook, cap_chars: int) -> tuple[st
         found = ", ".join(f"[{i}]" for i in ids)
         summary = f"web search for {result.get('query')!r} found {found} (fetch_url to read one)."
         return _capped(body, cap_chars), summary
+    if kind == "mcp":
+        tool = str(result.get("tool") or "the MCP tool")
+        text = str(result.get("text") or "")
+        body = f"{tool} answered:\n\n{text}"
+        return _capped(body, cap_chars), f"{tool} answered: {_snippet(text)}"
     if kind == "passages":
         archive = result.get("archive", False)
         lines, ids = [], []

@@ -67,6 +67,7 @@ class ResearcherWorkflow:
             "scope": task.archive_scope,
             "corpus": corpus,
             "domains": task.domains.model_dump(mode="json") if task.domains else None,
+            "tenant": task.tenant,
             "turn": 0,
             "finding": None,
             "finding_error": "",
