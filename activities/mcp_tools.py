@@ -26,15 +26,15 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import httpx2
-from mcp import Client, StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
 from temporalio.exceptions import ApplicationError
 
 from common import errors
 from common.mcp_config import McpConfig, McpServer, exposed_name, split_name
+
+if TYPE_CHECKING:
+    from mcp import Client
 
 log = logging.getLogger("cairn.mcp")
 
@@ -79,6 +79,12 @@ class McpTools:
 
     @asynccontextmanager
     async def _session(self, server: McpServer) -> AsyncIterator[Client]:
+        # The SDK takes half a second to import: only a worker with servers configured pays it, and
+        # only when it first talks to one (a worker must poll within seconds of starting).
+        import httpx2
+        from mcp import Client, StdioServerParameters
+        from mcp.client.streamable_http import streamable_http_client
+
         if server.command is not None:
             params = StdioServerParameters(command=server.command[0], args=list(server.command[1:]))
             async with Client(params, read_timeout_seconds=server.timeout_seconds) as client:
