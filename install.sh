@@ -6,7 +6,8 @@
 #     sandbox image, built offline from the machine's own Debian mirror (no image registry needed).
 # With --test it also installs what only the tests use (docker-compose, to validate docker-compose.yml;
 # chromium and a font, to look at the Temporal Web UI as a person would; postgresql, whose server the
-# corpus tests start in a throwaway cluster of their own).
+# corpus tests start in a throwaway cluster of their own; poppler-utils, whose pdftotext and pdfimages
+# read the exported PDF reports independently).
 # Idempotent: a second run checks and skips. Nothing is downloaded at run time after this.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -41,12 +42,15 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 echo "install.sh: Python environment ready in .venv ($(.venv/bin/temporal --version | head -1))"
 
+# PDF export (WeasyPrint) draws text with Pango and embeds the fonts it finds.
+apt_install libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
+
 # The code sandbox: an engine that answers, and the image (built once, ~3 minutes the first time).
 apt_install debootstrap
 bash sandbox_images/engine.sh
 .venv/bin/python -m sandbox_images.build
 
 if [ $want_tests -eq 1 ]; then
-  apt_install docker-compose chromium fonts-liberation postgresql openssl
+  apt_install docker-compose chromium fonts-liberation postgresql openssl poppler-utils
 fi
 echo "install.sh: done"

@@ -35,6 +35,7 @@ from temporalio.worker import PollerBehaviorAutoscaling, Worker
 from activities.corpus import Corpus, open_corpus
 from activities.fetch import PageFetcher
 from activities.llm import LLMActivities
+from activities.mcp_tools import McpTools
 from activities.reports import ReportActivities
 from activities.researcher import ResearcherNodes
 from activities.sandbox import SandboxActivities
@@ -50,6 +51,7 @@ from common.config import (
     private_files,
     worker_role,
 )
+from common.mcp_config import McpConfig
 from common.names import RESEARCHER_GRAPH, llm_task_queue
 from common.plugin import connect
 from common.tracing import process_tracing, shutdown_process_tracing
@@ -137,6 +139,7 @@ def build_worker(
     search: SearchConfig | None = None,
     fetch: FetchConfig | None = None,
     corpus: Corpus | None = None,
+    mcp: McpConfig | None = None,
     llm_limits: LLMLimits | None = None,
     role: str = "all",
     tracer: Tracer | None = None,
@@ -162,6 +165,7 @@ def build_worker(
         WebSearch(search or SearchConfig.from_env(), telemetry),
         PageFetcher(fetch or FetchConfig.from_env(), telemetry),
         corpus or open_corpus({**os.environ, "CAIRN_HOME": str(home)}),
+        McpTools(mcp if mcp is not None else McpConfig.from_env()),  # the operator's CAIRN_MCP_CONFIG
     )
     llm_queue = llm_task_queue(task_queue)
     # The plugin wraps the graph's nodes in place, so each worker gets a graph of its own.

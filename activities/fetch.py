@@ -40,6 +40,7 @@ from temporalio.exceptions import ApplicationError
 from activities.llm import retry_after
 from activities.telemetry import ERROR_TYPE, Telemetry
 from common import errors
+from common.domains import DomainPolicy
 from common.tool_models import FetchedPage
 from common.version import __version__
 from common.web_config import FetchConfig
@@ -172,11 +173,13 @@ class PageFetcher:
         self._config = config
         self._telemetry = telemetry or Telemetry()
 
-    async def fetch(self, url: str) -> FetchedPage:
+    async def fetch(self, url: str, domains: DomainPolicy | None = None) -> FetchedPage:
+        """The page at `url`; with `domains`, a URL (or a redirect hop) the policy refuses is the
+        non-retryable DomainBlocked, before any connection to it."""
         url = url.strip()
         with self._telemetry.fetch(url) as span:
             try:
-                body = await self._download(url)
+                body = await self._download(url, domains)
                 page = await asyncio.to_thread(self._extract, url, body)
             except ApplicationError as err:
                 span.set_attribute(ERROR_TYPE, err.type or "")
@@ -188,19 +191,19 @@ class PageFetcher:
 
     # -- the download -------------------------------------------------------------------------------
 
-    async def _download(self, url: str) -> _Body:
+    async def _download(self, url: str, domains: DomainPolicy | None = None) -> _Body:
         seconds = self._config.timeout_seconds
         try:
             # One cap on the whole download, redirects included; httpx's own timeout is per read.
             async with asyncio.timeout(seconds):
-                return await self._follow(url)
+                return await self._follow(url, domains)
         except (TimeoutError, httpx.TimeoutException) as err:
             raise ApplicationError(
                 f"fetching {url} took longer than {seconds:g}s (CAIRN_FETCH_TIMEOUT_SECONDS)",
                 type=errors.FETCH_TIMEOUT,
             ) from err
 
-    async def _follow(self, url: str) -> _Body:
+    async def _follow(self, url: str, domains: DomainPolicy | None = None) -> _Body:
         # Requests go to a transport, not through httpx's client: the client parses every Location
         # itself, before we can check it, and fails on address forms (0177.0.0.1) we must judge instead.
         # The transport uses no proxy: a proxy would resolve names itself, after our address check.
@@ -213,6 +216,9 @@ class PageFetcher:
         ) as transport:
             current = url
             for _hop in range(self._config.max_redirects + 1):
+                refused = domains.refusal(current) if domains is not None else None
+                if refused:
+                    raise ApplicationError(refused, type=errors.DOMAIN_BLOCKED, non_retryable=True)
                 target = await self._check(current)
                 current = target.url
                 response = await self._open(transport, target)

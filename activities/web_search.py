@@ -33,6 +33,7 @@ from activities.llm import retry_after
 from activities.redact import redact
 from activities.telemetry import ERROR_TYPE, Telemetry
 from common import errors
+from common.domains import DomainPolicy
 from common.tool_models import SearchHit, SearchResults
 from common.web_config import DUCKDUCKGO, MAX_RESULTS_LIMIT, SEARXNG, TAVILY, SearchConfig
 
@@ -165,8 +166,15 @@ class WebSearch:
         return self._config.backends
 
     async def search(
-        self, query: str, max_results: int | None = None, backend: str | None = None
+        self,
+        query: str,
+        max_results: int | None = None,
+        backend: str | None = None,
+        domains: DomainPolicy | None = None,
     ) -> SearchResults:
+        """Hits for `query` from the first configured backend that answers; with `domains`, only hits
+        the policy allows (Tavily is asked for those domains alone; every backend's hits are filtered,
+        and `withheld` counts what was dropped)."""
         query = " ".join(query.split())
         if not query:
             raise ApplicationError(
@@ -198,7 +206,7 @@ class WebSearch:
             )
         for position, name in enumerate(order, start=1):
             try:
-                hits = await self._one(name, query, limit)
+                hits = await self._one(name, query, limit, domains)
             except ApplicationError as err:
                 if err.non_retryable or position == len(order):
                     raise
@@ -206,16 +214,19 @@ class WebSearch:
                     "%s search failed (%s), trying the next backend: %s", NAMES[name], err.type, err.message
                 )
                 continue
-            return SearchResults(query=query, backend=name, hits=hits)
+            kept = [h for h in hits if domains is None or domains.refusal(h.url) is None]
+            return SearchResults(query=query, backend=name, hits=kept, withheld=len(hits) - len(kept))
         raise AssertionError("unreachable: the last backend returns or raises")
 
-    async def _one(self, backend: str, query: str, limit: int) -> list[SearchHit]:
+    async def _one(
+        self, backend: str, query: str, limit: int, domains: DomainPolicy | None = None
+    ) -> list[SearchHit]:
         with self._telemetry.search(query, backend) as span:
             try:
                 # An overall cap: httpx's timeout is per read, and ddgs's per request.
                 async with asyncio.timeout(self._config.timeout_seconds + 1):
                     if backend == TAVILY:
-                        hits = await self._tavily(query, limit)
+                        hits = await self._tavily(query, limit, domains)
                     elif backend == SEARXNG:
                         hits = await self._searxng(query, limit)
                     else:
@@ -243,7 +254,15 @@ class WebSearch:
             event_hooks={"response": [_raise_for_status]},
         )
 
-    async def _tavily(self, query: str, limit: int) -> list[SearchHit]:
+    async def _tavily(self, query: str, limit: int, domains: DomainPolicy | None = None) -> list[SearchHit]:
+        # Tavily takes the policy itself (include_domains, exclude_domains): hits it would otherwise
+        # spend on refused domains go to allowed ones.
+        scope: dict[str, Any] = {}
+        if domains is not None:
+            if domains.allowed_only():
+                scope["include_domains"] = list(domains.allowed_only())
+            if domains.blocked():
+                scope["exclude_domains"] = list(domains.blocked())
         try:
             async with self._http(self._config.tavily_url) as http:
                 # Handing tavily-python our own httpx client keeps its request building and parsing
@@ -256,6 +275,7 @@ class WebSearch:
                     include_answer=False,
                     include_raw_content=False,
                     timeout=self._config.timeout_seconds,
+                    **scope,
                 )
         except _StatusError as err:
             raise status_error(TAVILY, err.status, err.headers, err.detail) from err

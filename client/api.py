@@ -54,6 +54,7 @@ from common.models import (
     SIGNALS,
     UPDATES,
     BudgetStatus,
+    Clarification,
     Plan,
     ResearchInput,
     ResearchResult,
@@ -72,6 +73,7 @@ from common.names import (
     SIGNAL_APPROVE_PLAN,
     SIGNAL_REQUEST_CHANGES,
     SIGNAL_SKIP_STEP,
+    UPDATE_ANSWER_CLARIFICATION,
     UPDATE_EDIT_PLAN,
     UPDATE_RAISE_BUDGET,
 )
@@ -431,6 +433,13 @@ class CairnClient:
             deadline_seconds=deadline_seconds,
         )
         return budget
+
+    async def answer(self, workflow_id: str, answer: str) -> Clarification:
+        """The person's answer to the planner's clarifying questions; the run then plans."""
+        clarification: Clarification = await self._update(
+            workflow_id, UPDATE_ANSWER_CLARIFICATION, "answer", answer=answer
+        )
+        return clarification
 
     async def abort(self, workflow_id: str, reason: str = "") -> None:
         await self._signal(workflow_id, SIGNAL_ABORT, "abort", reason=reason)

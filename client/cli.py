@@ -25,10 +25,13 @@ from client.embedded import Embedded, EmbeddedError, port_open
 from client.http_client import ApiClient, api_settings
 from client.ingest_cli import add_ingest_command
 from client.keys_cli import add_keys_command
+from client.report_cli import report_bytes, write_report
 from client.sandbox_cli import add_sandbox_commands
 from client.server.serve import add_serve_command
 from client.watch import watch
+from client.web.export import FORMATS
 from common.config import ConfigError, LLMConfig, TemporalConfig, private_files
+from common.domains import deployment_domains, run_policy
 from common.models import RunStatus
 from common.tenancy import DEFAULT_TENANT, check_run_id
 from common.tracing import shutdown_process_tracing
@@ -109,6 +112,10 @@ def render_status(workflow_id: str, status: RunStatus) -> str:
     if status.phase == "paused":
         lines.append(f"Paused: {budget.reached} was reached. Go on with:")
         lines.append(f"  cairn raise-budget {workflow_id} --tokens N --cost USD --deadline SECONDS")
+    elif status.phase == "clarifying" and status.clarification is not None:
+        lines.append("The planner asks, before it plans:")
+        lines += [f"  - {q}" for q in status.clarification.questions]
+        lines.append(f'Answer with:\n  cairn answer {workflow_id} "your answer"')
     elif status.waiting_for:
         lines.append(f"Waiting for {status.waiting_for}:")
         lines.append(f"  cairn approve {workflow_id}")
@@ -131,6 +138,9 @@ async def _follow(cairn: CairnClient | ApiClient, workflow_id: str) -> None:
             status = None
         if status and status.phase == "awaiting_approval" and status.plan and status.plan.version > shown:
             shown = status.plan.version
+            _notice(render_status(workflow_id, status))
+        elif status and status.phase == "clarifying" and shown == 0:
+            shown = -1  # Once: the questions do not change.
             _notice(render_status(workflow_id, status))
         await asyncio.sleep(1.0)
 
@@ -158,6 +168,7 @@ async def cmd_research(args: argparse.Namespace) -> int:
         "cost_budget_usd": args.cost_budget,
         "deadline_seconds": args.deadline,
         "on_budget": args.on_budget,
+        "clarify": args.clarify,
     }
     options = {k: v for k, v in options.items() if v is not None}
     validated_input(args.question, **options)  # Refuse bad input before starting anything.
@@ -169,6 +180,10 @@ async def cmd_research(args: argparse.Namespace) -> int:
             raise CairnError(f"invalid run id: {err}") from None
     if api_settings() is None:
         LLMConfig.from_env().require()  # Through the API, the model is the server's to configure.
+        try:  # Through the API, the domain policy is the server's (the deployment's and the tenant's).
+            options["domains"] = run_policy(deployment_domains())
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     cairn = await _connect(start_embedded=True)
     workflow_id = await cairn.start(args.question, workflow_id=args.id, **options)
     if isinstance(cairn, CairnClient) and not await _worker_appears(cairn, seconds=10):
@@ -245,6 +260,14 @@ async def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_answer(args: argparse.Namespace) -> int:
+    clarification = await (await _connect()).answer(args.id, args.text)
+    _emit(
+        args, clarification, f"Answered {len(clarification.questions)} question(s) of {args.id}; it plans now"
+    )
+    return 0
+
+
 async def cmd_abort(args: argparse.Namespace) -> int:
     await (await _connect()).abort(args.id, args.reason)
     _emit(args, {"workflow_id": args.id, "abort_requested": True}, f"Asked {args.id} to abort")
@@ -262,8 +285,14 @@ async def cmd_report(args: argparse.Namespace) -> int:
     status = await cairn.status(args.id)
     if status.phase not in ("done", "aborted"):
         raise CairnError(f"run {args.id} is {status.phase}; its report is not written yet")
-    result = await cairn.result(args.id)
-    _emit(args, result, result.report)
+    if args.format == "md" and args.output is None:
+        result = await cairn.result(args.id)
+        _emit(args, result, result.report)
+        return 0
+    data = await report_bytes(cairn, args.id, args.format)
+    written = write_report(data, args.id, args.format, args.output)
+    if written != "-":
+        _emit(args, {"path": written, "bytes": len(data)}, f"Wrote {written} ({len(data):,} bytes)")
     return 0
 
 
@@ -361,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     research.add_argument("--cost-budget", type=float, help="US dollars the whole run may spend")
     research.add_argument("--deadline", type=float, help="seconds from the start")
     research.add_argument("--on-budget", choices=["pause", "finish"], help="at a limit (default pause)")
+    research.add_argument(
+        "--clarify",
+        choices=["auto", "never", "always"],
+        help="clarifying questions before planning: when the question is ambiguous (auto, the default), "
+        "never, or always",
+    )
 
     for name, handler, help_text in (
         ("approve", cmd_approve, "approve the plan awaiting approval"),
@@ -378,11 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
             )
         sub.add_argument("--version", type=int, help="plan version (default: the one awaiting approval)")
 
-    for name, handler, help_text in (
-        ("status", cmd_status, "show a run's phase, plan and usage"),
-        ("report", cmd_report, "print a finished run's report"),
-    ):
-        command(name, handler, help_text).add_argument("id")
+    command("status", cmd_status, "show a run's phase, plan and usage").add_argument("id")
+    report = command("report", cmd_report, "print a finished run's report, or write it as a file")
+    report.add_argument("id")
+    report.add_argument("--format", choices=FORMATS, default="md", help="md (default), html, pdf or docx")
+    report.add_argument("--output", "-o", help="file to write (- for stdout; default <run id>.<format>)")
+    answer = command("answer", cmd_answer, "answer the planner's clarifying questions")
+    answer.add_argument("id")
+    answer.add_argument("text", help="your answer to the questions, in one text")
     watch_cmd = command("watch", cmd_watch, "follow a run's progress live until it ends")
     watch_cmd.add_argument("id")
     watch_cmd.add_argument("--interval", type=float, default=1.0, help="seconds between updates")

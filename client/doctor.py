@@ -2,7 +2,7 @@
 
 Why this exists: a run needs a Temporal server with Cairn's search attributes, a worker polling both task
 queues, an LLM server that knows each role's model and can give JSON and tool calls, a Docker engine with
-the sandbox image, the search backends and a writable data store. When one is missing a run fails late,
+the sandbox image, the search backends, a writable data store, and the renderers of report exports. When one is missing a run fails late,
 or waits for ever; this finds it first and says, in one line, which variable or command fixes it.
 
 Each check is `ok`, `warn` (Cairn runs, with something missing) or `fail` (runs will fail or wait); all
@@ -389,12 +389,75 @@ async def check_storage(env: dict[str, str]) -> list[Check]:
     return checks
 
 
+async def check_export(env: dict[str, str]) -> list[Check]:
+    """Report export: a one-line report with a citation rendered to PDF (WeasyPrint on Pango) and to
+    DOCX (pandoc), as `cairn report --format` and the API would."""
+    from client.web.export import ExportUnavailable, export_report
+    from common.models import ResearchResult, Source
+
+    probe = ResearchResult(
+        workflow_id="doctor",
+        question="doctor",
+        report="# Doctor\n\nA cited line [1].\n",
+        sources=[Source(id="1", title="A source", url="https://example.org/")],
+    )
+
+    async def no_artifacts(name: str) -> bytes | None:
+        return None
+
+    async def one(fmt: str, fix: str) -> Check:
+        name = f"report export: {fmt.upper()}"
+        try:
+            data = await export_report(probe, fmt, no_artifacts)  # type: ignore[arg-type]
+        except ExportUnavailable as err:
+            return Check(name, FAIL, str(err), fix)
+        except Exception as err:
+            return Check(name, FAIL, f"{type(err).__name__}: {str(err)[:300]}", fix)
+        return Check(name, OK, f"a test report renders ({len(data):,} bytes)")
+
+    return [
+        await one("pdf", "./install.sh (Debian's libpango-1.0-0, libpangoft2-1.0-0, fonts-dejavu-core)"),
+        await one("docx", "pip install -r requirements.lock (pypandoc-binary ships pandoc)"),
+    ]
+
+
+async def check_mcp(env: dict[str, str]) -> list[Check]:
+    """Each MCP server of CAIRN_MCP_CONFIG: whether it answers, and its tools."""
+    from temporalio.exceptions import ApplicationError
+
+    from activities.mcp_tools import McpTools
+    from common.mcp_config import McpConfig
+
+    try:
+        config = McpConfig.from_env(env)
+    except ValueError as err:
+        return [Check("MCP config", FAIL, str(err), "fix the file CAIRN_MCP_CONFIG names")]
+    if not config.servers:
+        return []
+    tools = McpTools(config, env)
+
+    async def one(server: Any) -> Check:
+        name = f"MCP {server.name}"
+        try:
+            found = await tools.list_server(server)
+        except ApplicationError as err:
+            return Check(
+                name, FAIL, err.message, f"start it, or fix [servers.{server.name}] in CAIRN_MCP_CONFIG"
+            )
+        listed = ", ".join(sorted(t.name for t in found)) or "none"
+        return Check(name, OK, f"{server.transport}, answers; tools: {listed}")
+
+    return list(await asyncio.gather(*(one(s) for s in config.servers)))
+
+
 CHECKS: dict[str, Callable[[dict[str, str]], Awaitable[list[Check]]]] = {
     "temporal": check_temporal,
     "llm": check_llm,
     "sandbox": check_sandbox,
     "search": check_search,
     "storage": check_storage,
+    "export": check_export,
+    "mcp": check_mcp,
 }
 
 

@@ -25,9 +25,23 @@ from typing import Any
 
 import httpx
 
-from client.api import CairnError, ErrorKind, RunningActivity, RunSummary, validated_input, validated_steps
+from client.api import (
+    CairnError,
+    ErrorKind,
+    RunningActivity,
+    RunSummary,
+    validated_input,
+    validated_steps,
+)
 from common.env import ConfigError, base_url
-from common.models import BudgetStatus, Plan, ResearchResult, RunStatus, StepSpec
+from common.models import (
+    BudgetStatus,
+    Clarification,
+    Plan,
+    ResearchResult,
+    RunStatus,
+    StepSpec,
+)
 
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 RECONNECTS = 30
@@ -161,6 +175,10 @@ class ApiClient:
         )
         return BudgetStatus.model_validate(answer)
 
+    async def answer(self, workflow_id: str, answer: str) -> Clarification:
+        reply = await self._json("POST", f"/v1/runs/{_path(workflow_id)}/answer", json={"answer": answer})
+        return Clarification.model_validate(reply)
+
     async def abort(self, workflow_id: str, reason: str = "") -> None:
         await self._call("POST", f"/v1/runs/{_path(workflow_id)}/abort", json={"reason": reason})
 
@@ -173,6 +191,15 @@ class ApiClient:
             "GET", f"/v1/runs/{_path(workflow_id)}/report", headers={"Accept": "application/json"}
         )
         return ResearchResult.model_validate(answer)
+
+    async def report_file(self, workflow_id: str, fmt: str) -> bytes:
+        """The finished run's report as the file the API makes in `fmt` (client/web/export.py)."""
+        from client.web.export import MEDIA_TYPES
+
+        answer = await self._call(
+            "GET", f"/v1/runs/{_path(workflow_id)}/report", headers={"Accept": MEDIA_TYPES[fmt]}
+        )
+        return answer.content
 
     async def running_activities(self, workflow_id: str) -> list[RunningActivity]:
         """Not exposed by the API: `cairn watch` shows the plan's running steps instead."""

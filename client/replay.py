@@ -46,6 +46,9 @@ class _ReplayOnlyNodes:
     async def recall(self, task: ToolTask) -> dict[str, Any]:
         self._never()
 
+    async def mcp(self, task: ToolTask) -> dict[str, Any]:
+        self._never()
+
 
 def replayer(plugin: CairnPlugin, *workflows: type) -> Replayer:
     """A replayer of the worker's workflows (or `workflows`), configured as the worker is."""

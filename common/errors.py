@@ -101,6 +101,14 @@ FETCH_HOST_NOT_FOUND: Final = "FetchHostNotFound"
 FETCH_TLS: Final = "FetchTLSFailed"
 FETCH_TOO_MANY_REDIRECTS: Final = "FetchTooManyRedirects"
 FETCH_EMPTY: Final = "FetchEmpty"
+# The operator's MCP servers (activities/mcp_tools.py): a server that does not answer or a session that
+# broke (retried); a tool that answered with an error, or a name no configured server has (the model
+# reads either).
+MCP_UNAVAILABLE: Final = "McpUnavailable"
+MCP_TOOL_ERROR: Final = "McpToolError"
+MCP_UNKNOWN_TOOL: Final = "McpUnknownTool"
+# A URL the run's domain policy refuses (common/domains.py): never retried, the model reads why.
+DOMAIN_BLOCKED: Final = "DomainBlocked"
 
 CORPUS_UNAVAILABLE: Final = "CorpusUnavailable"
 TOOL_BAD_ARGUMENTS: Final = "ToolBadArguments"

@@ -15,12 +15,14 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from temporalio.contrib.workflow_streams import WorkflowStreamState
 
+from common.domains import DomainPolicy
 from common.names import (
     SIGNAL_ABORT,
     SIGNAL_ADD_STEP,
     SIGNAL_APPROVE_PLAN,
     SIGNAL_REQUEST_CHANGES,
     SIGNAL_SKIP_STEP,
+    UPDATE_ANSWER_CLARIFICATION,
     UPDATE_EDIT_PLAN,
     UPDATE_RAISE_BUDGET,
 )
@@ -53,6 +55,7 @@ def clean_text(value: str, *, one_line: bool = False) -> str:
 
 Phase = Literal[
     "planning",
+    "clarifying",  # the planner asked questions before planning; waiting for `answer_clarification`
     "awaiting_approval",
     "paused",  # a budget or the deadline was reached; waiting for `raise_budget` (or `abort`)
     "researching",
@@ -66,6 +69,11 @@ StepKind = Literal["research", "code"]
 StepStatus = Literal["pending", "running", "done", "failed", "skipped"]
 Role = Literal["planner", "researcher", "coder", "reporter"]
 TimeoutPolicy = Literal["approve", "abort"]
+# Whether the planner asks clarifying questions before it plans: when the question is ambiguous (its
+# own judgement), never, or always (at least one).
+ClarifyPolicy = Literal["auto", "never", "always"]
+MAX_CLARIFYING_QUESTIONS = 3
+MAX_CLARIFYING_QUESTION_CHARS = 300
 BudgetPolicy = Literal["pause", "finish"]
 
 
@@ -113,6 +121,9 @@ class RunRequest(_Strict):
     cost_budget_usd: float | None = Field(default=None, gt=0, le=MAX_COST_BUDGET_USD)
     deadline_seconds: float | None = Field(default=None, gt=0, le=MAX_WAIT_SECONDS)
     on_budget: BudgetPolicy = "pause"
+    # Clarifying questions before planning; unanswered, the approval timeout and its policy apply
+    # (`approve`: plan without answers; `abort`).
+    clarify: ClarifyPolicy = "auto"
 
     @field_validator("question")
     @classmethod
@@ -132,6 +143,9 @@ class ResearchInput(RunRequest):
     # taken from a request body. It scopes the documents the researcher searches and where the
     # report is written.
     tenant: Annotated[str, AfterValidator(valid_tenant)] = DEFAULT_TENANT
+    # The domains the run may search and read (common/domains.py): set, like the tenant, by the client
+    # or the API from the deployment's and the tenant's configuration, never from a request body.
+    domains: DomainPolicy | None = None
     # Set by the workflow itself when it continues as new: the state a long run carries forward.
     carried: Carried | None = None
 
@@ -286,6 +300,7 @@ class RunStatus(Tolerant):
     aborted_reason: str | None = None
     budget: BudgetStatus = Field(default_factory=BudgetStatus)
     continued: int = 0  # how many times the run has continued as new
+    clarification: Clarification | None = None  # the planner's questions, and the answer once given
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -308,6 +323,31 @@ class RequestChanges(_Strict):
             raise ValueError("the feedback is empty")
         if len(value) > MAX_FEEDBACK_CHARS:
             raise ValueError(f"the feedback is longer than {MAX_FEEDBACK_CHARS} characters")
+        return value
+
+
+class Clarification(Tolerant):
+    """The planner's clarifying questions and the person's answer (None until answered, and for good
+    when the wait timed out and the run went on without one)."""
+
+    questions: list[str] = Field(default_factory=list)
+    answer: str | None = None
+    timed_out: bool = False
+
+
+class AnswerClarification(_Strict):
+    """Update `answer_clarification`: the person's answer to the questions, in one text."""
+
+    answer: str
+
+    @field_validator("answer")
+    @classmethod
+    def _answer_shape(cls, value: str) -> str:
+        value = clean_text(value)
+        if not value:
+            raise ValueError("the answer is empty")
+        if len(value) > MAX_FEEDBACK_CHARS:
+            raise ValueError(f"the answer is longer than {MAX_FEEDBACK_CHARS} characters")
         return value
 
 
@@ -356,6 +396,7 @@ SIGNALS: dict[str, type[BaseModel]] = {
 UPDATES: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     UPDATE_EDIT_PLAN: (EditPlan, Plan),
     UPDATE_RAISE_BUDGET: (RaiseBudget, BudgetStatus),
+    UPDATE_ANSWER_CLARIFICATION: (AnswerClarification, Clarification),
 }
 
 
@@ -380,6 +421,7 @@ class Carried(Tolerant):
     awaiting_since: str | None = None
     # The run's event stream (its log and offsets), so watchers read on without a gap or a repeat.
     stream: WorkflowStreamState | None = None
+    clarification: Clarification | None = None  # for the report's method section
 
     @field_validator("started_at", "awaiting_since")
     @classmethod
@@ -445,6 +487,7 @@ class StepInput(Tolerant):
     context_tokens: int = 8000
     # Whose run the step belongs to: the researcher searches this tenant's documents only.
     tenant: str = DEFAULT_TENANT
+    domains: DomainPolicy | None = None  # the run's domain policy, for web_search and fetch_url
 
 
 class SaveReport(Tolerant):

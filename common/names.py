@@ -34,8 +34,10 @@ TOOL_FETCH_URL: Final = "fetch_url"
 TOOL_CORPUS_SEARCH: Final = "corpus_search"
 TOOL_RECALL: Final = "recall"
 RESEARCHER_TOOLS: Final = (TOOL_WEB_SEARCH, TOOL_FETCH_URL, TOOL_CORPUS_SEARCH, TOOL_RECALL)
+# Every MCP tool call (the operator's servers, common/mcp_config.py) runs as this one node.
+NODE_MCP: Final = "mcp"
 RESEARCHER_ACTIVITIES: Final = tuple(
-    f"{RESEARCHER_GRAPH}.{node}" for node in (NODE_MODEL, NODE_FINDING, *RESEARCHER_TOOLS)
+    f"{RESEARCHER_GRAPH}.{node}" for node in (NODE_MODEL, NODE_FINDING, *RESEARCHER_TOOLS, NODE_MCP)
 )
 
 # Activity types.
@@ -51,6 +53,7 @@ SIGNAL_SKIP_STEP: Final = "skip_step"
 SIGNAL_ADD_STEP: Final = "add_step"
 UPDATE_EDIT_PLAN: Final = "edit_plan"
 UPDATE_RAISE_BUDGET: Final = "raise_budget"
+UPDATE_ANSWER_CLARIFICATION: Final = "answer_clarification"
 QUERY_STATUS: Final = "status"
 
 # Custom search attributes (Keyword), registered by `cairn dev` (client/embedded.py) and filterable in

@@ -25,7 +25,15 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
 
-from common.models import StepDescription, StepKind, StepTitle, StructuredOutput, Tolerant
+from common.models import (
+    MAX_CLARIFYING_QUESTION_CHARS,
+    MAX_CLARIFYING_QUESTIONS,
+    StepDescription,
+    StepKind,
+    StepTitle,
+    StructuredOutput,
+    Tolerant,
+)
 
 # Keywords a strict schema may not carry (OpenAI's structured outputs); pydantic still checks them.
 _NOT_PERMITTED = frozenset(
@@ -181,6 +189,47 @@ def review_model(max_steps: int, step_ids: tuple[str, ...] = ()) -> type[ReviewD
         "Review",
         __base__=ReviewDraft,
         steps=(list[step], Field(default_factory=list, max_length=max_steps)),  # type: ignore[valid-type]
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Clarifying questions, as the planner asks them before it plans.
+
+
+class ClarifyDraft(Tolerant):
+    questions: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_CLARIFYING_QUESTIONS,
+        description="short questions for the person; none when the question is clear",
+    )
+
+    @field_validator("questions")
+    @classmethod
+    def _questions_shape(cls, value: list[str]) -> list[str]:
+        cleaned = [" ".join(q.split()) for q in value]
+        if any(not q for q in cleaned):
+            raise ValueError("a question is empty")
+        if any(len(q) > MAX_CLARIFYING_QUESTION_CHARS for q in cleaned):
+            raise ValueError(f"a question is longer than {MAX_CLARIFYING_QUESTION_CHARS} characters")
+        return cleaned
+
+
+@functools.lru_cache(maxsize=4)
+def clarify_model(at_least_one: bool) -> type[ClarifyDraft]:
+    """Up to MAX_CLARIFYING_QUESTIONS questions; with `at_least_one` (clarify="always"), one or more."""
+    return create_model(
+        "Clarify",
+        __base__=ClarifyDraft,
+        questions=(
+            list[str],
+            Field(
+                default_factory=list,
+                min_length=1 if at_least_one else 0,
+                max_length=MAX_CLARIFYING_QUESTIONS,
+                description="short questions for the person"
+                + ("" if at_least_one else "; none when the question is clear"),
+            ),
+        ),
     )
 
 

@@ -26,6 +26,8 @@ class SearchResults(Tolerant):
     query: str
     backend: str
     hits: list[SearchHit] = Field(default_factory=list)
+    # Hits the run's domain policy removed (common/domains.py), so the model knows results were held back.
+    withheld: int = 0
 
 
 class FetchedPage(Tolerant):

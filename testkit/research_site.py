@@ -38,6 +38,9 @@ class ResearchSite:
         self._pages = [(PAGES / name).read_text(encoding="utf-8") for name in pages]
         # Titles other than "Article k", by k: a test may give a page a hostile title.
         self.titles: dict[int, str] = {}
+        # Another name for the site's host in article k's URL (say "localhost" for 127.0.0.1): the same
+        # server under two domains, for domain policies.
+        self.hosts: dict[int, str] = {}
 
     def title_of(self, k: int) -> str:
         return self.titles.get(k, f"Article {k}")
@@ -47,7 +50,8 @@ class ResearchSite:
         return self._http.url
 
     def article_url(self, k: int) -> str:
-        return f"{self.url}/article/{k}"
+        base = self.url.replace("127.0.0.1", self.hosts[k], 1) if k in self.hosts else self.url
+        return f"{base}/article/{k}"
 
     def article(self, k: int) -> str:
         base = self._pages[(k - 1) % len(self._pages)]

@@ -18,7 +18,8 @@ altogether, or tools; one whose tool calls come several to a message or with bro
 
 The *content* is scripted per role (a plan for the planner, a finding for the researcher writing up its
 step), and question markers steer it: `[steps=N]` sets the plan's size, `[code]` adds a code step,
-`[replan=K]` makes the reviewer ask for one more step K times. A scripted answer is fitted to the
+`[replan=K]` makes the reviewer ask for one more step K times, `[ambiguous]` makes the clarifier ask
+two questions (it asks none otherwise). A scripted answer is fitted to the
 schema a request carries, as constrained decoding would; `conformed` counts the answers that needed it.
 Faults and answers scripted with `fail_next` and `answer_next` are served as they are (a misbehaving
 server), and a `chooser` (testkit/chaos.py) may decide a fault for any other request.
@@ -55,7 +56,7 @@ def role_of(messages: list[dict[str, Any]]) -> str:
     """Which Cairn role sent this request, from the fixed first line of its system prompt (content is
     scripted per role). The researcher writing up its finding counts as "finding"."""
     system = next((str(m["content"]) for m in messages if m.get("role") in _SYSTEM_ROLES), "")
-    for role in ("planner", "plan reviewer", "researcher", "coder", "reporter"):
+    for role in ("planner", "clarifier", "plan reviewer", "researcher", "coder", "reporter"):
         if system.startswith(f"You are Cairn's {role}."):
             if role == "researcher" and "Write the finding of your research step" in system:
                 return "finding"
@@ -82,7 +83,8 @@ def researcher_turn(
     """The researcher's next tool calls (none: it is done). Steered by question markers:
     `[query=...]` what to search for, `[pages=N]` how many found pages to read (default 2),
     `[recall]` search the run's archive once after reading, `[corpus]` search the corpus beside the
-    web. A round whose calls all came back as malformed is made again, as a model would.
+    web, `[fetch=URL]` read that URL too, beside the found pages, `[mcp=NAME {json}]` call that MCP tool
+    first when it is offered. A round whose calls all came back as malformed is made again, as a model would.
     `together` puts every search of the first round in one message."""
     task = _user_text(messages)
     turns = _useful_turns(messages)
@@ -92,7 +94,12 @@ def researcher_turn(
     query = found.group(1) if found else (step.group(1) if step else task[:80])
     if turns == 0:
         first = "web_search" if "web_search" in tools else "corpus_search"
-        calls = [(first, {"query": query})]
+        calls = [
+            (name, json.loads(args or "{}"))
+            for name, args in re.findall(r"\[mcp=(mcp__[\w-]+)(?: (\{[^\]]*\}))?\]", task)
+            if name in tools
+        ]
+        calls.append((first, {"query": query}))
         if first == "web_search" and ("[corpus]" in task or (together and "corpus_search" in tools)):
             calls.append(("corpus_search", {"query": query}))
         return _calls(asked, calls)
@@ -104,7 +111,8 @@ def researcher_turn(
                     if url not in seen:
                         seen.append(url)
         wanted = _marker(task, "pages", 2)
-        return _calls(asked, [("fetch_url", {"url": url}) for url in seen[:wanted]])
+        extra = [m.group(1) for m in re.finditer(r"\[fetch=([^\]\s]+)\]", task)]
+        return _calls(asked, [("fetch_url", {"url": url}) for url in [*seen[:wanted], *extra]])
     if turns == 2 and "[recall]" in task:
         return _calls(asked, [("recall", {"query": query})])
     return []
@@ -165,10 +173,16 @@ def default_reply(messages: list[dict[str, Any]]) -> str:
                     "description": "Sum them, and save them as a table and a chart.",
                 }
             )
+        answer = re.search(r"The person's answer: (.*)", text)
+        if answer:  # A plan shaped by the answer to clarifying questions, as a planner's would be.
+            steps.insert(0, {"title": f"Focus on {answer.group(1)[:80]}", "kind": "research"})
         feedback = re.search(r"Feedback from the person: (.*)", text)
         if feedback:
             steps.append({"title": f"Address feedback: {feedback.group(1)[:80]}", "kind": "research"})
         return json.dumps({"rationale": "Cover each aspect once.", "steps": steps})
+    if role == "clarifier":
+        questions = ["Which region do you mean?", "Over what period?"] if "[ambiguous]" in question else []
+        return json.dumps({"questions": questions})
     if role == "reviewer":
         wanted = _marker(question, "replan", 0)
         done = len(set(re.findall(r"Follow-up (\d+)", text)))

@@ -120,6 +120,19 @@ async def _scenarios(cairn: CairnClient, llm: ScriptedLLM) -> dict[str, str]:
     ids["research_agent"] = wid
     ids["researcher"] = f"{wid}/s1"
 
+    # Clarifying questions before planning (workflow.patched("clarify-before-planning")): asked,
+    # answered, and the plan and report the answer shaped.
+    wid = await cairn.start(
+        "Recorded clarified run [ambiguous] [steps=1]",
+        auto_approve=True,
+        max_plan_iterations=0,
+        workflow_id="research_clarified",
+    )
+    await wait_for(cairn, wid, "clarifying")
+    await cairn.answer(wid, "The recorded answer")
+    await cairn.result(wid)
+    ids["research_clarified"] = wid
+
     # A tenant's run watched through its event stream (the stream's long-poll updates in history) and
     # told of its step's tool calls (the tools' signals).
     wid = "acme.research_watched"

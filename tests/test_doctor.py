@@ -51,6 +51,7 @@ async def test_a_healthy_stack_passes_every_check_in_under_ten_seconds(healthy: 
     assert any(n.startswith("worker (") and n.endswith("-llm)") for n in names)
     assert any(n.endswith(": JSON") for n in names) and any(n.endswith(": tools") for n in names)
     assert "search SearxNG" in names
+    assert {"report export: PDF", "report export: DOCX"} <= names
     assert SENTINEL_KEY not in out + err
     # The human-readable form says the same.
     code, out, _ = await run(CAIRN, "doctor", env=healthy, check=False)

@@ -51,7 +51,8 @@ PARTITIONS = 4  # The server's default matching.numTaskqueueReadPartitions.
 BURST = PARTITIONS * max(1, math.ceil(RATE / PARTITIONS))
 RUNS = 6
 STEPS = 3
-CALLS_PER_RUN = 1 + 3 * STEPS + 1  # plan; per step two researcher turns and the finding; report
+# The clarifying check and the plan; per step two researcher turns and the finding; the report.
+CALLS_PER_RUN = 2 + 3 * STEPS + 1
 
 
 async def two_workers(
@@ -83,7 +84,7 @@ async def run_load(
             for i in range(runs)
         ]
         results = await asyncio.gather(*(cairn.result(wid) for wid in ids))
-    assert [r.usage.llm_calls for r in results] == [1 + 3 * steps + 1] * runs
+    assert [r.usage.llm_calls for r in results] == [2 + 3 * steps + 1] * runs
     return cairn, ids
 
 

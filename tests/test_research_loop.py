@@ -22,12 +22,12 @@ async def test_auto_approved_run_is_all_activities_and_children(cairn: CairnClie
 
     assert result.workflow_id == wid and not result.aborted
     assert result.report.startswith("# Report: How do glaciers move?")
-    # plan + review + report, and per step two researcher turns (search, then done) and its finding:
-    # each one request to the server and one recorded call.
-    assert llm.calls() == 12 and result.usage.llm_calls == 12
+    # the clarifying-questions check (none asked) + plan + review + report, and per step two researcher
+    # turns (search, then done) and its finding: each one request to the server and one recorded call.
+    assert llm.calls() == 13 and result.usage.llm_calls == 13 and llm.calls("clarifier") == 1
     assert result.usage.input_tokens > 0 and result.usage.output_tokens > 0
     hist = await history(cairn, wid)
-    assert scheduled_activities(hist) == [LLM_CHAT, LLM_CHAT, LLM_CHAT, REPORT_SAVE]
+    assert scheduled_activities(hist) == [LLM_CHAT, LLM_CHAT, LLM_CHAT, LLM_CHAT, REPORT_SAVE]
     children = events_of(hist, EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED)
     assert [
         c.start_child_workflow_execution_initiated_event_attributes.workflow_type.name for c in children

@@ -53,7 +53,7 @@ async def test_watch_follows_a_run_to_its_end(
     assert "now: write report" in lines
     assert lines.index("step s1 done: Investigate aspect 1 of the question") < lines.index("phase: done")
     # plan, report, and per step two researcher turns and the finding
-    assert "spend: 8 LLM calls" in lines[-1] or "spend: 8 LLM calls" in lines[-2]
+    assert "spend: 9 LLM calls" in lines[-1] or "spend: 9 LLM calls" in lines[-2]
 
 
 async def test_watch_exits_non_zero_for_a_failed_run(

@@ -27,6 +27,7 @@ from testkit.dev_server import DevServer
 from testkit.oidc_issuer import AUDIENCE, KEYS, Issuer
 from testkit.research_site import ResearchSite
 from tests.api_support import ApiStack, api_stack
+from tests.helpers import run
 from tests.sandbox_support import sandbox_test_config
 from tests.web_support import RUN_URL, chromium, person, screenshot_path, start_research
 
@@ -184,7 +185,7 @@ async def test_a_person_edits_the_plan_approves_watches_it_live_and_follows_a_ci
         href = await source.get_attribute("href")
         assert href is not None and href.startswith(f"{site.url}/article/")
         async with page.expect_download() as download_info:
-            await page.get_by_role("link", name="Download as markdown").click()
+            await page.get_by_role("link", name="Markdown", exact=True).click()
         download = await download_info.value
         async with await stack.client("atlas") as api:
             markdown = (await api.get(f"/v1/runs/{run_id}/report")).text
@@ -352,7 +353,7 @@ async def test_another_tenant_gets_404_and_a_viewer_gets_no_control_that_acts(
         globex = await person(browser, stack, "globex")
         viewer = await person(browser, stack, "atlas", "viewer")
         try:
-            for suffix in ("", "/live", "/events", "/report.md", "/artifacts/chart.png"):
+            for suffix in ("", "/live", "/events", "/report.md", "/report.pdf", "/artifacts/chart.png"):
                 answer = await globex.page.goto(f"/runs/{run_id}{suffix}")
                 assert answer is not None and answer.status == 404, suffix
                 assert "secret" not in await globex.page.content(), suffix
@@ -483,7 +484,36 @@ async def test_a_chart_a_code_step_made_is_shown_in_the_report(
             await link.click()
         table = Path(str(await (await download_info.value).path())).read_text()
         assert table.split() == ["square", *(str(n * n) for n in range(1, 11))]
+        # The report as a PDF from its download button: the chart is in the file itself.
+        async with page.expect_download() as download_info:
+            await page.get_by_role("link", name="PDF", exact=True).click()
+        pdf = Path(str(await (await download_info.value).path()))
+        assert pdf.read_bytes().startswith(b"%PDF-")
+        _, images, _ = await run("pdfimages", "-list", str(pdf))
+        assert [row.split()[2] for row in images.splitlines()[2:]].count("image") == 1
         await page.screenshot(path=screenshot_path(tmp_path, "artifacts"), full_page=True)
+    finally:
+        await ada.close()
+
+
+async def test_a_person_answers_the_planners_clarifying_questions(stack: ApiStack, browser: Browser) -> None:
+    ada = await person(browser, stack, "atlas")
+    page = ada.page
+    try:
+        await start_research(page, "Which battery is best? [ambiguous] [steps=1]")
+        await expect(page.get_by_role("heading", name="The planner asks, before it plans")).to_be_visible(
+            timeout=SECONDS
+        )
+        await expect(page.locator("ol.questions li")).to_have_text(
+            ["Which region do you mean?", "Over what period?"]
+        )
+        await page.get_by_role("button", name="Send answer").click()  # Nothing written: refused.
+        await expect(page.get_by_role("alert")).to_have_text("the answer is empty")
+        await page.get_by_label("Your answer").fill("Grid storage in Europe")
+        await page.get_by_role("button", name="Send answer").click()
+        # The plan the answer shaped arrives for approval.
+        await expect(page.get_by_role("button", name="Approve")).to_be_visible(timeout=SECONDS)
+        await expect(page.get_by_label("Step 1 Title")).to_have_value("Focus on Grid storage in Europe")
     finally:
         await ada.close()
 

@@ -66,6 +66,9 @@ TOOL_RETRY = RetryPolicy(
     maximum_attempts=TOOL_ATTEMPTS,
 )
 TOOL_START_TO_CLOSE = timedelta(seconds=90)
+# An MCP tool's call: each server's own `timeout_seconds` (at most an hour) bounds it inside; heartbeats
+# find a dead worker in seconds.
+MCP_START_TO_CLOSE = timedelta(hours=1, minutes=1)
 # A program's own wall-clock limit in the sandbox. The activity gets start-up and the host's kill grace
 # on top; a worker crash costs an attempt, and every attempt runs in a fresh container writing the same
 # artifacts, so several crashes in a row must not fail the step.

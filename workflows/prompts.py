@@ -10,9 +10,10 @@ the scripted test server can tell the roles apart.
 
 from __future__ import annotations
 
-from common.models import ChatMessage, Finding, Plan
+from common.models import MAX_CLARIFYING_QUESTIONS, ChatMessage, Clarification, Finding, Plan
 
 PLANNER_HEADER = "You are Cairn's planner."
+CLARIFIER_HEADER = "You are Cairn's clarifier."
 REVIEWER_HEADER = "You are Cairn's plan reviewer."
 RESEARCHER_HEADER = "You are Cairn's researcher."
 CODER_HEADER = "You are Cairn's coder."
@@ -24,7 +25,38 @@ _PLAN_TASK = (
 )
 
 
-def plan_messages(question: str, max_steps: int) -> list[ChatMessage]:
+def clarify_messages(question: str, always: bool) -> list[ChatMessage]:
+    """Before planning: the questions, if any, whose answers would change the plan."""
+    when = (
+        "Ask at least one question"
+        if always
+        else "Ask only if the question is ambiguous in a way that would change the plan; otherwise ask none"
+    )
+    return [
+        ChatMessage(
+            role="system",
+            content=(
+                f"{CLARIFIER_HEADER}\nBefore a research plan is drafted, you may ask the person who asked "
+                f"the research question up to {MAX_CLARIFYING_QUESTIONS} short questions, each on what "
+                f"they mean or want (scope, period, place, depth). {when}."
+            ),
+        ),
+        ChatMessage(role="user", content=f"Research question: {question}"),
+    ]
+
+
+def clarified(clarification: Clarification | None) -> str:
+    """The clarifying questions and the person's answer, for the planner's context ('' for none)."""
+    if clarification is None or not clarification.questions:
+        return ""
+    questions = "\n".join(f"- {q}" for q in clarification.questions)
+    answer = clarification.answer or "(no answer was given; plan for the most likely meaning)"
+    return f"\n\nClarifying questions asked before planning:\n{questions}\nThe person's answer: {answer}"
+
+
+def plan_messages(
+    question: str, max_steps: int, clarification: Clarification | None = None
+) -> list[ChatMessage]:
     return [
         ChatMessage(
             role="system",
@@ -34,11 +66,13 @@ def plan_messages(question: str, max_steps: int) -> list[ChatMessage]:
                 "plan answers the question."
             ),
         ),
-        ChatMessage(role="user", content=f"Research question: {question}"),
+        ChatMessage(role="user", content=f"Research question: {question}{clarified(clarification)}"),
     ]
 
 
-def revise_messages(question: str, plan: Plan, feedback: str, max_steps: int) -> list[ChatMessage]:
+def revise_messages(
+    question: str, plan: Plan, feedback: str, max_steps: int, clarification: Clarification | None = None
+) -> list[ChatMessage]:
     return [
         ChatMessage(
             role="system",
@@ -51,7 +85,8 @@ def revise_messages(question: str, plan: Plan, feedback: str, max_steps: int) ->
         ChatMessage(
             role="user",
             content=(
-                f"Research question: {question}\n\nCurrent plan (version {plan.version}):\n"
+                f"Research question: {question}{clarified(clarification)}\n\n"
+                f"Current plan (version {plan.version}):\n"
                 f"{render_steps(plan)}\n\nFeedback from the person: {feedback}"
             ),
         ),
@@ -59,7 +94,11 @@ def revise_messages(question: str, plan: Plan, feedback: str, max_steps: int) ->
 
 
 def review_messages(
-    question: str, plan: Plan, findings: list[Finding], max_new_steps: int
+    question: str,
+    plan: Plan,
+    findings: list[Finding],
+    max_new_steps: int,
+    clarification: Clarification | None = None,
 ) -> list[ChatMessage]:
     return [
         ChatMessage(
@@ -73,7 +112,8 @@ def review_messages(
         ChatMessage(
             role="user",
             content=(
-                f"Research question: {question}\n\nPlan (version {plan.version}):\n"
+                f"Research question: {question}{clarified(clarification)}\n\n"
+                f"Plan (version {plan.version}):\n"
                 f"{render_steps(plan)}\n\nFindings:\n{render_findings(findings)}"
             ),
         ),

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 
-from common.models import Finding, Plan, Source
+from common.domains import DomainPolicy
+from common.models import Clarification, Finding, Plan, Source
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Characters that make markdown or HTML wherever they stand; a backslash before any of them makes it
@@ -98,6 +99,25 @@ def artifacts_section(findings: list[Finding]) -> str:
         for a in f.artifacts
     ]
     return "\n\n## Artifacts\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def method_section(clarification: Clarification | None, domains: DomainPolicy | None = None) -> str:
+    """How the run went about it: the planner's clarifying questions and the answer, and the domain
+    policy its web searches and page reads kept to ('' when there is neither)."""
+    parts = []
+    if clarification is not None and clarification.questions:
+        lines = "\n".join(f"- {md_inline(q)}" for q in clarification.questions)
+        if clarification.answer is not None:
+            answered = f"The person answered: {md_inline(clarification.answer, 2000)}"
+        elif clarification.timed_out:
+            answered = "No answer came within the time allowed; the run planned without one."
+        else:
+            answered = "The run ended before an answer came."
+        parts.append(f"Before planning, the planner asked:\n\n{lines}\n\n{answered}")
+    if domains is not None and not domains.empty:
+        rules = "\n".join(f"- {md_inline(line, 2000)}" for line in domains.describe())
+        parts.append(f"Web searches and page reads kept to this domain policy:\n\n{rules}")
+    return "\n\n## Method\n\n" + "\n\n".join(parts) + "\n" if parts else ""
 
 
 def budget_section(reached: str | None) -> str:

@@ -27,8 +27,10 @@ with workflow.unsafe.imports_passed_through():
         MAX_STEPS,
         SIGNALS,
         AbortRun,
+        AnswerClarification,
         BudgetStatus,
         Carried,
+        Clarification,
         EditPlan,
         Finding,
         Phase,
@@ -55,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_REQUEST_CHANGES,
         SIGNAL_SKIP_STEP,
         STEP_WORKFLOW,
+        UPDATE_ANSWER_CLARIFICATION,
         UPDATE_EDIT_PLAN,
         UPDATE_RAISE_BUDGET,
     )
@@ -62,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import budget, prompts, reporting
     from workflows.budget import Budget
     from workflows.calls import WORKFLOW_TASK_TIMEOUT, chat, chat_structured, save_report
+    from workflows.clarify import PATCH_CLARIFY, Clarifier
     from workflows.details import render_details
     from workflows.event_log import RunEvents
     from workflows.inputs import one_input
@@ -122,6 +126,7 @@ class ResearchWorkflow:
             datetime.fromisoformat(carried.awaiting_since) if carried and carried.awaiting_since else None
         )
         self._budget = Budget(request, started_at, carried.budget if carried else None)
+        self._clarifier = Clarifier(carried.clarification if carried else None)
         # The run's events (`GET /v1/runs/{id}/events`): a durable stream in workflow state, carried
         # through continue-as-new with its offsets.
         self._stream = WorkflowStream(carried.stream if carried else None)
@@ -213,10 +218,14 @@ class ResearchWorkflow:
                 self._failed_while = "planning"
                 self._publish()  # The run's first event: it is planning.
                 await self._unless_aborted(self._within_budget())
+                if self._input.clarify != "never" and workflow.patched(PATCH_CLARIFY):
+                    await self._clarify()
                 draft = await self._unless_aborted(
                     chat_structured(
                         "planner",
-                        prompts.plan_messages(self._input.question, self._input.max_steps),
+                        prompts.plan_messages(
+                            self._input.question, self._input.max_steps, self._clarifier.clarification
+                        ),
                         plan_model(self._input.max_steps),
                         name="plan",
                         attempts=self._input.max_plan_attempts,
@@ -252,7 +261,33 @@ class ResearchWorkflow:
             self._reached = None
             return reporting.partial_report(
                 self._input.question, reason, self._book.plan, self._book.ordered_findings()
+            ) + reporting.method_section(self._clarifier.clarification, self._input.domains)
+
+    async def _clarify(self) -> None:
+        """Ask the planner's clarifying questions, if it has any, and wait for the person's answer
+        under the approval timeout and its policy (plan without the answer, or abort)."""
+        if not await self._unless_aborted(self._clarifier.ask(self._input, self._usage)):
+            return
+        self._set_phase("clarifying")
+        try:
+            await workflow.wait_condition(
+                lambda: (
+                    not self._clarifier.waiting or self._abort is not None or self._history_full() is not None
+                ),
+                timeout=timedelta(seconds=self._input.approval_timeout_seconds),
+                timeout_summary="clarification timeout",
             )
+        except TimeoutError:
+            self._clarifier.time_out()
+            if self._input.on_approval_timeout == "abort":
+                self._abort = AbortRun(
+                    reason="the clarifying questions were not answered within "
+                    f"{self._input.approval_timeout_seconds:g} seconds"
+                )
+        self._stop_if_history_full()
+        if self._abort is not None:
+            raise _Aborted()
+        self._set_phase("planning")
 
     async def _await_approval(self) -> None:
         if self._input.auto_approve:
@@ -299,7 +334,11 @@ class ResearchWorkflow:
                     chat_structured(
                         "planner",
                         prompts.revise_messages(
-                            self._input.question, self._book.plan, changes.feedback, self._input.max_steps
+                            self._input.question,
+                            self._book.plan,
+                            changes.feedback,
+                            self._input.max_steps,
+                            self._clarifier.clarification,
                         ),
                         plan_model(self._input.max_steps, self._book.step_ids()),
                         name="plan",
@@ -359,6 +398,7 @@ class ResearchWorkflow:
                         tokens=self._step_tokens(),
                         context_tokens=self._input.researcher_context_tokens,
                         tenant=self._input.tenant,
+                        domains=self._input.domains,
                     ),
                     id=f"{workflow.info().workflow_id}/{step.id}",
                     result_type=Finding,
@@ -451,6 +491,7 @@ class ResearchWorkflow:
             stage=stage,
             awaiting_since=awaiting_since.isoformat() if awaiting_since else None,
             stream=self._stream.get_state(),
+            clarification=self._clarifier.clarification,
         )
         workflow.logger.info("continuing as new (history is long): run %d", carried.continued + 1)
         workflow.continue_as_new(self._input.model_copy(update={"carried": carried}))
@@ -468,7 +509,11 @@ class ResearchWorkflow:
         review = await chat_structured(
             "planner",
             prompts.review_messages(
-                self._input.question, self._book.plan, self._book.ordered_findings(), self._input.max_steps
+                self._input.question,
+                self._book.plan,
+                self._book.ordered_findings(),
+                self._input.max_steps,
+                self._clarifier.clarification,
             ),
             review_model(self._input.max_steps, self._book.step_ids()),
             name="review",
@@ -493,6 +538,7 @@ class ResearchWorkflow:
         return (
             reporting.keep_known_citations(reply.content.rstrip(), sources)
             + "\n"
+            + reporting.method_section(self._clarifier.clarification, self._input.domains)
             + reporting.artifacts_section(findings)
             + reporting.budget_section(self._finished_by_budget)
             + reporting.sources_section(sources)
@@ -588,6 +634,8 @@ class ResearchWorkflow:
             self._indexed_phase = phase
 
     def _waiting_for(self) -> str | None:
+        if self._phase == "clarifying" and self._clarifier.clarification is not None:
+            return f"answers to {len(self._clarifier.clarification.questions)} clarifying question(s)"
         if self._phase == "awaiting_approval" and self._book.plan is not None:
             return f"approval of plan v{self._book.plan.version}"
         if self._phase == "paused":
@@ -708,6 +756,14 @@ class ResearchWorkflow:
             raise ValueError(f"the run is {self._phase}")
         self._budget.check_raise(raised, self._usage, workflow.now())
 
+    @workflow.update(name=UPDATE_ANSWER_CLARIFICATION)
+    def answer_clarification(self, answer: AnswerClarification) -> Clarification:
+        return self._clarifier.answer(answer)
+
+    @answer_clarification.validator
+    def _validate_answer(self, answer: AnswerClarification) -> None:
+        self._clarifier.check(self._phase, answer)
+
     @workflow.update(name=UPDATE_EDIT_PLAN)
     def edit_plan(self, edit: EditPlan) -> Plan:
         return self._install_plan(edit.steps, "edited by a person", keep_completed=True)
@@ -736,4 +792,5 @@ class ResearchWorkflow:
                 self._usage, workflow.now(), self._reached or self._finished_by_budget
             ),
             continued=self._continued,
+            clarification=self._clarifier.clarification,
         )

@@ -27,13 +27,15 @@ from activities.corpus import Corpus
 from activities.fetch import PageFetcher
 from activities.heartbeat import with_heartbeats
 from activities.llm import LLMActivities, to_openai
+from activities.mcp_tools import McpTools
 from activities.researcher.finding import notes_of, parse_finding
 from activities.run_events import tell_tool_call
 from activities.web_search import WebSearch
 from common import errors
+from common.domains import DomainPolicy
 from common.names import TOOL_CORPUS_SEARCH, TOOL_FETCH_URL, TOOL_RECALL, TOOL_WEB_SEARCH
 from common.structured import finding_model, output_spec
-from common.tenancy import DEFAULT_CORPUS_SCOPE, is_document_scope
+from common.tenancy import DEFAULT_CORPUS_SCOPE, DEFAULT_TENANT, is_document_scope
 from workflows.calls import TOOL_ATTEMPTS
 from workflows.prompts import finding_messages
 from workflows.researcher.graph import ResearcherState, ToolTask, tool_answer
@@ -91,11 +93,19 @@ def _arg(task: ToolTask, name: str) -> str:
 class ResearcherNodes:
     """Built once per worker; its methods are the graph's activity nodes (see worker.py)."""
 
-    def __init__(self, llm: LLMActivities, search: WebSearch, fetcher: PageFetcher, corpus: Corpus) -> None:
+    def __init__(
+        self,
+        llm: LLMActivities,
+        search: WebSearch,
+        fetcher: PageFetcher,
+        corpus: Corpus,
+        mcp: McpTools | None = None,
+    ) -> None:
         self._llm = llm
         self._search = search
         self._fetcher = fetcher
         self._corpus = corpus
+        self._mcp = mcp
 
     def offered(self) -> list[str]:
         tools = [TOOL_CORPUS_SEARCH, TOOL_FETCH_URL, TOOL_RECALL]
@@ -103,12 +113,17 @@ class ResearcherNodes:
 
     async def model(self, state: ResearcherState) -> dict[str, Any]:
         offered = self.offered()
+        specs = [TOOL_SPECS[name] for name in offered]
+        if self._mcp is not None:  # The operator's MCP servers enabled for this run's tenant.
+            for tool in await self._mcp.tools_for(state.get("tenant") or DEFAULT_TENANT):
+                offered.append(tool.exposed)
+                specs.append(tool.spec())
         turn = state.get("turn", 0)
         done = await self._llm.complete(
             "researcher",
             [to_openai(m) for m in state["messages"]],
             f"researcher turn {turn + 1}",
-            tools=[TOOL_SPECS[name] for name in offered],
+            tools=specs,
         )
         message = {
             "id": f"ai-{turn}",
@@ -155,14 +170,14 @@ class ResearcherNodes:
 
     async def web_search(self, task: ToolTask) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
-            found = await self._search.search(_arg(task, "query"))
+            found = await self._search.search(_arg(task, "query"), domains=_policy(task))
             return {"kind": "search", **found.model_dump()}
 
         return await _answered(task, await _typed_failures(run))
 
     async def fetch_url(self, task: ToolTask) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
-            page = await self._fetcher.fetch(_arg(task, "url"))
+            page = await self._fetcher.fetch(_arg(task, "url"), domains=_policy(task))
             if task["scope"]:
                 await self._corpus.ingest(page.final_url, page.title, page.text, scope=task["scope"])
             return {"kind": "page", **page.model_dump()}
@@ -182,6 +197,27 @@ class ResearcherNodes:
     async def recall(self, task: ToolTask) -> dict[str, Any]:
         return await _answered(task, await _typed_failures(lambda: self._passages(task, task["scope"])))
 
+    async def mcp(self, task: ToolTask) -> dict[str, Any]:
+        """One call of an operator's MCP tool, on a session opened here (activities/mcp_tools.py)."""
+
+        async def run() -> dict[str, Any]:
+            call = task["call"]
+            args = call.get("args")
+            if not isinstance(args, dict):
+                raise ApplicationError(
+                    "the call's arguments must be a JSON object",
+                    type=errors.TOOL_BAD_ARGUMENTS,
+                    non_retryable=True,
+                )
+            if self._mcp is None:
+                raise ApplicationError(
+                    "this worker has no MCP servers", type=errors.MCP_UNKNOWN_TOOL, non_retryable=True
+                )
+            text = await self._mcp.call(str(call["name"]), args, task.get("tenant") or DEFAULT_TENANT)
+            return {"kind": "mcp", "tool": call["name"], "text": text}
+
+        return await _answered(task, await _typed_failures(run))
+
     async def _passages(self, task: ToolTask, scope: str) -> dict[str, Any]:
         query = _arg(task, "query")
         found = await self._corpus.search(query, limit=PASSAGES_PER_SEARCH, scope=scope) if scope else []
@@ -191,6 +227,12 @@ class ResearcherNodes:
             "archive": not is_document_scope(scope),
             "passages": [p.model_dump() for p in found],
         }
+
+
+def _policy(task: ToolTask) -> DomainPolicy | None:
+    """The run's domain policy, as the workflow put it into the task (never from the model's arguments)."""
+    domains = task.get("domains")
+    return DomainPolicy.model_validate(domains) if domains else None
 
 
 async def _answered(task: ToolTask, result: dict[str, Any]) -> dict[str, Any]:

@@ -35,15 +35,19 @@ from client.api import CairnError
 from client.listing import Position, newest_first
 from client.server.app import Services, services_of
 from client.server.auth import Action, Principal, Role, allows
+from client.server.exports import export_response
 from client.server.problems import Problem
 from client.server.tenants import runs_query
+from client.web.export import MEDIA_TYPES, format_of_accept
 from common.models import (
     MAX_FEEDBACK_CHARS,
     MAX_REASON_CHARS,
     MAX_STEP_ID_CHARS,
     MAX_STEPS,
     AddStep,
+    AnswerClarification,
     BudgetStatus,
+    Clarification,
     Phase,
     Plan,
     RaiseBudget,
@@ -244,6 +248,7 @@ async def start_run(
             {
                 **body.model_dump(),
                 "tenant": tenant,
+                "domains": services.policies.domains_of(tenant),
                 "token_budget": admission.token_budget,
                 "cost_budget_usd": admission.cost_budget_usd,
             }
@@ -404,6 +409,14 @@ async def add_step(run_id: str, body: AddStep, principal: Writer, services: Svc)
     return Accepted(id=run_id, accepted="add_step")
 
 
+@runs.post("/runs/{run_id}/answer", response_model=Clarification)
+async def answer(run_id: str, body: AnswerClarification, principal: Writer, services: Svc) -> Clarification:
+    """Answer the planner's clarifying questions (the run is `clarifying`); the run then plans. 409
+    with the run's reason when no question waits."""
+    await owned(services, principal, run_id)
+    return await services.cairn.answer(run_id, body.answer)
+
+
 @runs.post("/runs/{run_id}/budget", response_model=BudgetStatus)
 async def raise_budget(run_id: str, body: RaiseBudget, principal: Writer, services: Svc) -> BudgetStatus:
     """New limits (absolute); a paused run goes on. Within the tenant's daily allowance."""
@@ -423,13 +436,20 @@ async def raise_budget(run_id: str, body: RaiseBudget, principal: Writer, servic
 
 @runs.get(
     "/runs/{run_id}/report",
-    responses={200: {"content": {"text/markdown": {}, "application/json": {}}}},
-    summary="The report: markdown, or the whole result with Accept: application/json",
+    responses={
+        200: {"content": {media.split(";")[0]: {} for media in ["application/json", *MEDIA_TYPES.values()]}}
+    },
+    summary="The report: markdown; the whole result with Accept: application/json; or a file by Accept "
+    "(text/html, application/pdf, DOCX's type)",
 )
 async def report(run_id: str, request: Request, principal: Reader, services: Svc) -> Response:
     result = await written_report(services, principal, run_id)
-    if "application/json" in request.headers.get("accept", ""):
+    accept = request.headers.get("accept", "")
+    if "application/json" in accept:
         return JSONResponse(result.model_dump(mode="json", exclude={"report_path"}))
+    fmt = format_of_accept(accept)
+    if fmt is not None and fmt != "md":
+        return await export_response(services, principal, result, fmt)
     return PlainTextResponse(result.report, media_type="text/markdown; charset=utf-8")
 
 

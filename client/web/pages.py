@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, cast, get_args
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.datastructures import FormData
@@ -29,12 +29,23 @@ from client.api import CairnError
 from client.server import routes
 from client.server.app import Services
 from client.server.auth import Principal, allows
+from client.server.exports import export_response
 from client.server.problems import Problem
 from client.server.sessions import Session
 from client.web import plan_editor, signin
 from client.web.base import HERE, checked_form, install_errors, page, see_other, services, signed_in
+from client.web.export import FORMATS, ExportFormat
 from client.web.render import render_report, safe_url
-from common.models import AddStep, Phase, RaiseBudget, RunRequest, RunStatus, Source, StepKind
+from common.models import (
+    AddStep,
+    AnswerClarification,
+    Phase,
+    RaiseBudget,
+    RunRequest,
+    RunStatus,
+    Source,
+    StepKind,
+)
 
 router = APIRouter(include_in_schema=False)
 PHASES: tuple[str, ...] = get_args(Phase)
@@ -48,6 +59,8 @@ LIST_STATUS_SECONDS = 3.0
 def view_of(phase: str) -> str:
     if phase == "awaiting_approval":
         return "review"
+    if phase == "clarifying":
+        return "clarify"
     return "ended" if phase in ENDED else "working"
 
 
@@ -143,6 +156,7 @@ async def start_run(request: Request) -> Response:
         options: dict[str, Any] = {
             "question": str(form.get("question") or ""),
             "auto_approve": form.get("auto_approve") == "on",
+            "clarify": str(form.get("clarify") or "auto"),
         }
         for name, kind in (
             ("max_steps", int),
@@ -240,16 +254,15 @@ async def run_events(
     return routes.event_stream(svc, run_id, last_event_id, after)
 
 
-@router.get("/runs/{run_id}/report.md")
-async def report_markdown(request: Request, run_id: str) -> Response:
+@router.get("/runs/{run_id}/report.{fmt}")
+async def report_download(request: Request, run_id: str, fmt: str) -> Response:
+    """The report as a file: markdown, HTML, PDF or DOCX (client/web/export.py)."""
     session = await signed_in(request)
-    result = await routes.written_report(services(request), session.principal, run_id)
-    name = run_id.replace(".", "-") + ".md"
-    return PlainTextResponse(
-        result.report,
-        media_type="text/markdown; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
-    )
+    if fmt not in FORMATS:
+        raise Problem(404, f"no report format {fmt[:20]!r}; one of {', '.join(FORMATS)}", code="not_found")
+    svc = services(request)
+    result = await routes.written_report(svc, session.principal, run_id)
+    return await export_response(svc, session.principal, result, cast(ExportFormat, fmt))
 
 
 @router.get("/runs/{run_id}/artifacts/{name:path}")
@@ -315,6 +328,28 @@ async def approve(request: Request, run_id: str) -> Response:
     await routes.approve(run_id, session.principal, svc, routes.Approve(plan_version=version))
     await _settled(svc, run_id, lambda s: s.phase != "awaiting_approval")
     return see_other(f"/runs/{run_id}")
+
+
+@router.post("/runs/{run_id}/answer")
+async def answer(request: Request, run_id: str) -> Response:
+    """The answer to the planner's clarifying questions; shown again with the reason when refused."""
+    session = await signed_in(request, "write")
+    form = await checked_form(request, session)
+    svc = services(request)
+    try:
+        body = AnswerClarification(answer=str(form.get("answer") or ""))
+        await routes.answer(run_id, body, session.principal, svc)
+    except ValidationError as err:
+        reason, status = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors()), 422
+    except CairnError as err:
+        if err.kind == "not_found":
+            raise
+        reason, status = str(err), 409  # No question waits any more (answered elsewhere, or timed out).
+    else:
+        await _settled(svc, run_id, lambda s: s.phase != "clarifying")
+        return see_other(f"/runs/{run_id}")
+    context = await _run_context(request, session, run_id, answer_error=reason)
+    return page(request, "run.html", context, status=status)
 
 
 @router.post("/runs/{run_id}/revise")

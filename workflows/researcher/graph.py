@@ -25,8 +25,11 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
 from common import errors
+from common.domains import DomainPolicy
+from common.mcp_config import split_name
 from common.names import (
     NODE_FINDING,
+    NODE_MCP,
     NODE_MODEL,
     RESEARCHER_TOOLS,
     TOOL_CORPUS_SEARCH,
@@ -41,6 +44,7 @@ from workflows.calls import (
     LLM_RETRY,
     LLM_SCHEDULE_TO_CLOSE,
     LLM_START_TO_CLOSE,
+    MCP_START_TO_CLOSE,
     TOOL_RETRY,
     TOOL_START_TO_CLOSE,
 )
@@ -92,6 +96,9 @@ class ResearcherState(TypedDict, total=False):
     # The tenant's documents, the only ones `corpus_search` reads (common/tenancy.py corpus_scope). A
     # state begun before tenants has none: that was the default tenant's, "corpus".
     corpus: str
+    # The run's domain policy (common/domains.py DomainPolicy as JSON); absent or None: no policy.
+    domains: dict[str, Any] | None
+    tenant: str  # whose run: which of the operator's MCP servers it may use (absent: the default tenant)
     turn: int
     finding: dict[str, Any] | None
     finding_error: str
@@ -103,6 +110,8 @@ class ToolTask(TypedDict, total=False):
     call: dict[str, Any]
     scope: str  # the run's archive: where fetch_url files pages and recall searches
     corpus: str  # the tenant's documents: where corpus_search searches; absent means "corpus"
+    domains: dict[str, Any] | None  # the run's domain policy, which web_search and fetch_url apply
+    tenant: str  # whose run, for the MCP servers enabled for it
     refusal: str
     refusal_type: str  # the typed error the model reads for a refused call
 
@@ -116,6 +125,7 @@ class ResearcherNodes(Protocol):
     async def fetch_url(self, task: ToolTask) -> dict[str, Any]: ...
     async def corpus_search(self, task: ToolTask) -> dict[str, Any]: ...
     async def recall(self, task: ToolTask) -> dict[str, Any]: ...
+    async def mcp(self, task: ToolTask) -> dict[str, Any]: ...
 
 
 def budget_spent(state: ResearcherState) -> str:
@@ -133,6 +143,8 @@ async def after_model(state: ResearcherState) -> Any:
     if not calls or budget_spent(state):
         return NODE_FINDING
     remaining = state["limits"]["tool_calls"] - state.get("tool_calls", 0)
+    domains = state.get("domains")
+    policy = DomainPolicy.model_validate(domains) if domains else None
     sends = []
     for i, call in enumerate(calls):
         refusal, kind = "", errors.TOOL_REFUSED
@@ -145,11 +157,21 @@ async def after_model(state: ResearcherState) -> Any:
             refusal = f"there is no tool named {call.get('name')!r} here; use one of {state.get('offered')}"
         elif i >= remaining:
             refusal = "the step's tool-call budget is spent; write up what you have"
-        target = NODE_REFUSE if refusal else call["name"]
+        elif policy is not None and call["name"] == TOOL_FETCH_URL:
+            # Refused here, before any activity: the model reads why and picks another source. The
+            # activity checks again on every redirect hop.
+            url = (call.get("args") or {}).get("url")
+            blocked = policy.refusal(url) if isinstance(url, str) and url.strip() else None
+            if blocked:
+                refusal, kind = blocked, errors.DOMAIN_BLOCKED
+        # Every MCP tool (mcp__<server>__<tool>, offered by the model node) is one node: researcher.mcp.
+        target = NODE_REFUSE if refusal else NODE_MCP if split_name(call["name"]) else call["name"]
         task = ToolTask(
             call=call,
             scope=state.get("scope", ""),
             corpus=state.get("corpus", DEFAULT_CORPUS_SCOPE),
+            domains=domains,
+            tenant=state.get("tenant", ""),
             refusal=refusal,
             refusal_type=kind,
         )
@@ -249,11 +271,14 @@ def build_graph(nodes: ResearcherNodes, *, llm_task_queue: str | None = None) ->
     graph.add_node(NODE_FINDING, nodes.finding, metadata={**llm, "summary_fn": _finding_summary})
     for name, fn in tools.items():
         graph.add_node(name, fn, metadata=dict(tool))
+    graph.add_node(
+        NODE_MCP, cast(Any, nodes.mcp), metadata={**tool, "start_to_close_timeout": MCP_START_TO_CLOSE}
+    )
     graph.add_node(NODE_REFUSE, cast(Any, refuse), metadata={"execute_in": "workflow"})
     graph.add_node(NODE_MEMORY, memory, metadata={"execute_in": "workflow"})
     graph.add_edge(START, NODE_MODEL)
-    graph.add_conditional_edges(NODE_MODEL, after_model, [*tools, NODE_REFUSE, NODE_FINDING])
-    for name in [*tools, NODE_REFUSE]:
+    graph.add_conditional_edges(NODE_MODEL, after_model, [*tools, NODE_MCP, NODE_REFUSE, NODE_FINDING])
+    for name in [*tools, NODE_MCP, NODE_REFUSE]:
         graph.add_edge(name, NODE_MEMORY)
     graph.add_conditional_edges(NODE_MEMORY, after_memory, [NODE_MODEL, NODE_FINDING])
     graph.add_conditional_edges(NODE_FINDING, after_finding, [NODE_FINDING, END])

@@ -98,13 +98,23 @@ def render(result: dict[str, Any], book: SourceBook, cap_chars: int) -> tuple[st
             sid = book.cite(title=hit.get("title", ""), url=hit["url"], via="searched")
             ids.append(sid)
             lines.append(f"[{sid}] {hit.get('title') or hit['url']} <{hit['url']}>\n{hit.get('snippet', '')}")
+        withheld = int(result.get("withheld") or 0)
+        # The model must know results were held back, or it takes "nothing found" for the web's answer.
+        held = f" ({withheld} more withheld by this run's domain policy)" if withheld else ""
         if not lines:
-            text = f"web search for {result.get('query')!r} ({result.get('backend')}): no results."
+            text = f"web search for {result.get('query')!r} ({result.get('backend')}): no results{held}."
             return text, text
-        body = f"web search for {result.get('query')!r} ({result.get('backend')}):\n\n" + "\n\n".join(lines)
+        body = f"web search for {result.get('query')!r} ({result.get('backend')}){held}:\n\n" + "\n\n".join(
+            lines
+        )
         found = ", ".join(f"[{i}]" for i in ids)
         summary = f"web search for {result.get('query')!r} found {found} (fetch_url to read one)."
         return _capped(body, cap_chars), summary
+    if kind == "mcp":
+        tool = str(result.get("tool") or "the MCP tool")
+        text = str(result.get("text") or "")
+        body = f"{tool} answered:\n\n{text}"
+        return _capped(body, cap_chars), f"{tool} answered: {_snippet(text)}"
     if kind == "passages":
         archive = result.get("archive", False)
         lines, ids = [], []

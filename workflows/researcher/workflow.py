@@ -66,6 +66,8 @@ class ResearcherWorkflow:
             "limits": limits,
             "scope": task.archive_scope,
             "corpus": corpus,
+            "domains": task.domains.model_dump(mode="json") if task.domains else None,
+            "tenant": task.tenant,
             "turn": 0,
             "finding": None,
             "finding_error": "",
