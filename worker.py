@@ -34,6 +34,7 @@ from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
 from activities.corpus import Corpus, open_corpus
 from activities.fetch import PageFetcher
+from activities.living import LivingActivities
 from activities.llm import LLMActivities
 from activities.reports import ReportActivities
 from activities.researcher import ResearcherNodes
@@ -180,7 +181,7 @@ def build_worker(
                 # llm.chat (and, through the plugin, every graph node) is registered here too, only
                 # for calls scheduled on this queue before LLM calls had a queue of their own: a run
                 # in flight across the upgrade still finds a worker for them. New calls never come here.
-                activities=[llm_activities.chat, reports.save, sandbox.exec],
+                activities=[llm_activities.chat, reports.save, sandbox.exec, LivingActivities().predecessor],
                 plugins=[researcher],
                 graceful_shutdown_timeout=timedelta(seconds=10),
                 build_id=BUILD_ID,

@@ -25,6 +25,7 @@ from client.embedded import Embedded, EmbeddedError, port_open
 from client.http_client import ApiClient, api_settings
 from client.ingest_cli import add_ingest_command
 from client.keys_cli import add_keys_command
+from client.living_cli import add_living_commands
 from client.sandbox_cli import add_sandbox_commands
 from client.server.serve import add_serve_command
 from client.watch import watch
@@ -413,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_doctor_command(commands)
     add_serve_command(commands)
     add_keys_command(commands)
+    add_living_commands(commands)
     return parser
 
 

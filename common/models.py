@@ -134,6 +134,11 @@ class ResearchInput(RunRequest):
     tenant: Annotated[str, AfterValidator(valid_tenant)] = DEFAULT_TENANT
     # Set by the workflow itself when it continues as new: the state a long run carries forward.
     carried: Carried | None = None
+    # Living research (workflows/living.py), set by the API or a schedule, never by a request body:
+    # the run this one follows up, or the schedule that started it. Either gives the run a
+    # predecessor whose findings its planner sees and its report's "What changed since" compares.
+    follows: str | None = Field(default=None, max_length=200)
+    schedule_id: str | None = Field(default=None, max_length=200)
 
 
 def _step_title(value: str) -> str:
@@ -256,6 +261,9 @@ class ResearchResult(Tolerant):
     abort_reason: str | None = None
     report_path: str | None = None
     plan: Plan | None = None
+    # The structured findings (claims and their sources) the report was written from: what a later
+    # run of the same question compares itself with.
+    findings: list[Finding] = Field(default_factory=list)
 
 
 class BudgetStatus(Tolerant):
@@ -380,6 +388,8 @@ class Carried(Tolerant):
     awaiting_since: str | None = None
     # The run's event stream (its log and offsets), so watchers read on without a gap or a repeat.
     stream: WorkflowStreamState | None = None
+    # The predecessor the run found before it planned (living research), for its report's end.
+    prior: PriorRun | None = None
 
     @field_validator("started_at", "awaiting_since")
     @classmethod
@@ -447,6 +457,25 @@ class StepInput(Tolerant):
     tenant: str = DEFAULT_TENANT
 
 
+class PredecessorRequest(Tolerant):
+    """Activity `runs.predecessor`: the run `follows` names, or the last completed run of schedule
+    `schedule_id`, if it is tenant `tenant`'s (`workflow_id` is the run asking, never its own)."""
+
+    workflow_id: str
+    tenant: str = DEFAULT_TENANT
+    follows: str | None = None
+    schedule_id: str | None = None
+
+
+class PriorRun(Tolerant):
+    """What a run knows of its predecessor: when it finished and what it found."""
+
+    workflow_id: str
+    question: str
+    finished_at: str  # ISO 8601, UTC
+    findings: list[Finding] = Field(default_factory=list)
+
+
 class SaveReport(Tolerant):
     workflow_id: str
     markdown: str
@@ -457,4 +486,5 @@ class SavedReport(Tolerant):
     path: str
 
 
+Carried.model_rebuild()
 ResearchInput.model_rebuild()

@@ -42,6 +42,7 @@ RESEARCHER_ACTIVITIES: Final = tuple(
 LLM_CHAT: Final = "llm.chat"
 REPORT_SAVE: Final = "report.save"
 SANDBOX_EXEC: Final = "sandbox.exec"
+RUNS_PREDECESSOR: Final = "runs.predecessor"
 
 # Signals, updates and queries of ResearchWorkflow.
 SIGNAL_APPROVE_PLAN: Final = "approve_plan"

@@ -66,6 +66,7 @@ PASSED_THROUGH = (
     "workflows.details",
     "workflows.event_log",
     "workflows.inputs",
+    "workflows.living",
     "workflows.plan_book",
     "workflows.prompts",
     "workflows.reporting",

@@ -77,3 +77,13 @@ def tenant_directory(tenant: str) -> str:
     """The sub-directory (of reports, artifacts) that holds `tenant`'s files; '' for the default tenant,
     whose files stay where they were before tenants."""
     return "" if tenant == DEFAULT_TENANT else f"tenants/{valid_tenant(tenant)}"
+
+
+# A schedule's id is `<tenant>.sched-<12 hex digits>`, chosen by Cairn: safe to splice into a
+# visibility query (the predecessor of a scheduled run is found by `TemporalScheduledById`) and, like
+# a run id, naming its tenant (who may see it is decided by its CairnTenant search attribute).
+SCHEDULE_ID_PATTERN: Final = re.compile(r"^([a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?)\.sched-[0-9a-f]{12}$")
+
+
+def is_schedule_id(value: str) -> bool:
+    return isinstance(value, str) and SCHEDULE_ID_PATTERN.match(value) is not None

@@ -34,6 +34,8 @@ with workflow.unsafe.imports_passed_through():
         Phase,
         Plan,
         PlanStep,
+        PredecessorRequest,
+        PriorRun,
         RaiseBudget,
         RequestChanges,
         ResearchInput,
@@ -59,9 +61,9 @@ with workflow.unsafe.imports_passed_through():
         UPDATE_RAISE_BUDGET,
     )
     from common.structured import DraftStep, plan_model, review_model
-    from workflows import budget, prompts, reporting
+    from workflows import budget, living, prompts, reporting
     from workflows.budget import Budget
-    from workflows.calls import WORKFLOW_TASK_TIMEOUT, chat, chat_structured, save_report
+    from workflows.calls import WORKFLOW_TASK_TIMEOUT, chat, chat_structured, find_predecessor, save_report
     from workflows.details import render_details
     from workflows.event_log import RunEvents
     from workflows.inputs import one_input
@@ -140,6 +142,8 @@ class ResearchWorkflow:
         # Runs started without it (older runs, `temporal workflow start`) make no upserts at all, so
         # their histories replay unchanged.
         self._indexed_phase: str | None = workflow.info().typed_search_attributes.get(PHASE_KEY)
+        # The run this one builds on (a follow-up's or a scheduled run's predecessor), once found.
+        self._prior: PriorRun | None = carried.prior if carried else None
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -176,6 +180,7 @@ class ResearchWorkflow:
             abort_reason=self._abort.reason if self._abort else None,
             report_path=self._report_path,
             plan=self._book.plan,
+            findings=self._book.ordered_findings(),
         )
 
     async def _release_watchers(self) -> None:
@@ -213,10 +218,27 @@ class ResearchWorkflow:
                 self._failed_while = "planning"
                 self._publish()  # The run's first event: it is planning.
                 await self._unless_aborted(self._within_budget())
+                # Only runs that follow another or come from a schedule look one up (an activity), so
+                # histories of every other run replay unchanged.
+                if self._input.follows or self._input.schedule_id:
+                    self._failed_while = "reading the earlier run"
+                    self._prior = await self._unless_aborted(
+                        find_predecessor(
+                            PredecessorRequest(
+                                workflow_id=workflow.info().workflow_id,
+                                tenant=self._input.tenant,
+                                follows=self._input.follows,
+                                schedule_id=self._input.schedule_id,
+                            )
+                        )
+                    )
+                    self._failed_while = "planning"
                 draft = await self._unless_aborted(
                     chat_structured(
                         "planner",
-                        prompts.plan_messages(self._input.question, self._input.max_steps),
+                        living.with_prior(
+                            prompts.plan_messages(self._input.question, self._input.max_steps), self._prior
+                        ),
                         plan_model(self._input.max_steps),
                         name="plan",
                         attempts=self._input.max_plan_attempts,
@@ -451,6 +473,7 @@ class ResearchWorkflow:
             stage=stage,
             awaiting_since=awaiting_since.isoformat() if awaiting_since else None,
             stream=self._stream.get_state(),
+            prior=self._prior,
         )
         workflow.logger.info("continuing as new (history is long): run %d", carried.continued + 1)
         workflow.continue_as_new(self._input.model_copy(update={"carried": carried}))
@@ -497,6 +520,7 @@ class ResearchWorkflow:
             + reporting.budget_section(self._finished_by_budget)
             + reporting.sources_section(sources)
             + reporting.unfinished_section(self._book.plan)
+            + (living.what_changed_section(self._prior, findings) if self._prior else "")
         )
 
     async def _unless_aborted(self, work: Awaitable[T]) -> T:

@@ -378,6 +378,10 @@ def create_app(config: ServerConfig | None = None, services: Services | None = N
     app.include_router(routes.runs, prefix="/v1")
     app.include_router(routes.documents, prefix="/v1")
     app.include_router(routes.keys, prefix="/v1")
+    from client.server import living_routes
+
+    app.include_router(living_routes.schedules, prefix="/v1")
+    app.include_router(living_routes.followups, prefix="/v1")
     from client.web import pages
 
     pages.install(app)
