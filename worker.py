@@ -34,6 +34,7 @@ from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
 from activities.corpus import Corpus, open_corpus
 from activities.fetch import PageFetcher
+from activities.library import LibraryActivities
 from activities.living import LivingActivities
 from activities.llm import LLMActivities
 from activities.reports import ReportActivities
@@ -158,12 +159,14 @@ def build_worker(
     home = home or cairn_home()
     llm_activities = LLMActivities(llm or LLMConfig.from_env(), telemetry)
     reports = ReportActivities(home / "reports")
+    corpus = corpus or open_corpus({**os.environ, "CAIRN_HOME": str(home)})
     nodes = ResearcherNodes(
         llm_activities,
         WebSearch(search or SearchConfig.from_env(), telemetry),
         PageFetcher(fetch or FetchConfig.from_env(), telemetry),
-        corpus or open_corpus({**os.environ, "CAIRN_HOME": str(home)}),
+        corpus,
     )
+    library = LibraryActivities(corpus)
     llm_queue = llm_task_queue(task_queue)
     # The plugin wraps the graph's nodes in place, so each worker gets a graph of its own.
     graph = build_graph(nodes, llm_task_queue=llm_queue)
@@ -181,7 +184,13 @@ def build_worker(
                 # llm.chat (and, through the plugin, every graph node) is registered here too, only
                 # for calls scheduled on this queue before LLM calls had a queue of their own: a run
                 # in flight across the upgrade still finds a worker for them. New calls never come here.
-                activities=[llm_activities.chat, reports.save, sandbox.exec, LivingActivities().predecessor],
+                activities=[
+                    llm_activities.chat,
+                    reports.save,
+                    sandbox.exec,
+                    LivingActivities().predecessor,
+                    library.add,
+                ],
                 plugins=[researcher],
                 graceful_shutdown_timeout=timedelta(seconds=10),
                 build_id=BUILD_ID,

@@ -159,6 +159,7 @@ async def cmd_research(args: argparse.Namespace) -> int:
         "cost_budget_usd": args.cost_budget,
         "deadline_seconds": args.deadline,
         "on_budget": args.on_budget,
+        "library": args.library,
     }
     options = {k: v for k, v in options.items() if v is not None}
     validated_input(args.question, **options)  # Refuse bad input before starting anything.
@@ -362,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     research.add_argument("--cost-budget", type=float, help="US dollars the whole run may spend")
     research.add_argument("--deadline", type=float, help="seconds from the start")
     research.add_argument("--on-budget", choices=["pause", "finish"], help="at a limit (default pause)")
+    research.add_argument(
+        "--library",
+        action=argparse.BooleanOptionalAction,
+        help="search the tenant's library of earlier runs too",
+    )
 
     for name, handler, help_text in (
         ("approve", cmd_approve, "approve the plan awaiting approval"),

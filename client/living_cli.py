@@ -18,7 +18,8 @@ from client.api import CairnClient, CairnError, validated_input, validated_workf
 from client.http_client import ApiClient, api_settings
 from client.schedules import OVERLAPS, Backfill, ScheduleRequest, Schedules, ScheduleView
 from common.models import RunRequest
-from common.tenancy import DEFAULT_TENANT
+from common.tenancy import DEFAULT_TENANT, library_scope
+from common.tool_models import CorpusResults
 from workflows.inputs import explain
 
 # The run options `cairn research` takes, as (flag, RunRequest field, type, help).
@@ -38,7 +39,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     for _, name, _, _ in RUN_OPTIONS:
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
-    for name in ("on_approval_timeout", "on_budget"):
+    for name in ("on_approval_timeout", "on_budget", "library"):
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
     return options
@@ -181,6 +182,32 @@ async def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_library(args: argparse.Namespace) -> int:
+    """What a run's researcher would find in the tenant's library for a query."""
+    from client.cli import _emit
+
+    settings = api_settings()
+    if settings is not None:
+        api = ApiClient.from_env()
+        answer = await api._json("GET", "/v1/library/search", params={"q": args.query, "limit": args.limit})
+        results = CorpusResults.model_validate(answer)
+    else:
+        from activities.corpus import open_corpus
+
+        corpus = open_corpus()
+        try:
+            passages = await corpus.search(args.query, limit=args.limit, scope=library_scope(DEFAULT_TENANT))
+        finally:
+            await corpus.close()
+        results = CorpusResults(query=args.query, passages=passages)
+    lines = [
+        f"{rank}. {p.title} ({p.path}, passage {p.position})\n   {' '.join(p.text.split())[:300]}"
+        for rank, p in enumerate(results.passages, 1)
+    ]
+    _emit(args, results, "\n".join(lines) or f"Nothing in the library matches {args.query!r}.")
+    return 0
+
+
 async def cmd_followup(args: argparse.Namespace) -> int:
     from client.cli import _emit
 
@@ -210,6 +237,12 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=name, type=kind, help=help_text)
     parser.add_argument("--on-approval-timeout", dest="on_approval_timeout", choices=["approve", "abort"])
     parser.add_argument("--on-budget", dest="on_budget", choices=["pause", "finish"])
+    parser.add_argument(
+        "--library",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="search the tenant's library of earlier runs too (default: yes)",
+    )
 
 
 def add_living_commands(commands: Any) -> None:
@@ -247,6 +280,13 @@ def add_living_commands(commands: Any) -> None:
             sub.add_argument("--start", type=_time, required=True, help="ISO 8601")
             sub.add_argument("--end", type=_time, required=True, help="ISO 8601")
             sub.add_argument("--overlap", choices=list(OVERLAPS), default="buffer_all")
+    library = commands.add_parser("library", help="the sources and findings of finished runs")
+    shelves = library.add_subparsers(dest="action", required=True)
+    search = shelves.add_parser("search", help="what a run would find in the library")
+    search.add_argument("query")
+    search.add_argument("--limit", type=int, default=5, choices=range(1, 21), metavar="1-20")
+    search.add_argument("--json", action="store_true", help="machine-readable output")
+    search.set_defaults(handler=cmd_library)
     followup = commands.add_parser("followup", help="a new run that builds on a finished one")
     followup.add_argument("id", help="the finished run")
     followup.add_argument("question")

@@ -113,6 +113,9 @@ class RunRequest(_Strict):
     cost_budget_usd: float | None = Field(default=None, gt=0, le=MAX_COST_BUDGET_USD)
     deadline_seconds: float | None = Field(default=None, gt=0, le=MAX_WAIT_SECONDS)
     on_budget: BudgetPolicy = "pause"
+    # Whether the researcher also searches the tenant's library (the sources and findings of its
+    # finished runs). None: yes for follow-ups and scheduled runs, no otherwise.
+    library: bool | None = None
 
     @field_validator("question")
     @classmethod
@@ -228,8 +231,8 @@ class Source(Tolerant):
     title: str = ""
     url: str | None = None
     path: str | None = None
-    # How the run came by it: "fetched" (a page read in full), "searched" (a web search hit) or
-    # "corpus" (a passage of the user's documents).
+    # How the run came by it: "fetched" (a page read in full), "searched" (a web search hit),
+    # "corpus" (a passage of the user's documents) or "library" (the tenant's library of earlier runs).
     via: str = ""
 
 
@@ -264,6 +267,8 @@ class ResearchResult(Tolerant):
     # The structured findings (claims and their sources) the report was written from: what a later
     # run of the same question compares itself with.
     findings: list[Finding] = Field(default_factory=list)
+    # Why the run's findings did not join the tenant's library, when they did not.
+    library_error: str | None = None
 
 
 class BudgetStatus(Tolerant):
@@ -455,6 +460,8 @@ class StepInput(Tolerant):
     context_tokens: int = 8000
     # Whose run the step belongs to: the researcher searches this tenant's documents only.
     tenant: str = DEFAULT_TENANT
+    # Whether corpus_search and recall also search the tenant's library.
+    library: bool = False
 
 
 class PredecessorRequest(Tolerant):
@@ -474,6 +481,21 @@ class PriorRun(Tolerant):
     question: str
     finished_at: str  # ISO 8601, UTC
     findings: list[Finding] = Field(default_factory=list)
+
+
+class LibraryAdd(Tolerant):
+    """Activity `library.add`: a finished run's archive (pages read in full) and findings join its
+    tenant's library."""
+
+    workflow_id: str
+    tenant: str = DEFAULT_TENANT
+    question: str = ""
+    findings: list[Finding] = Field(default_factory=list)
+
+
+class LibraryAdded(Tolerant):
+    pages: int = 0  # pages of the run's archive copied in full
+    findings: int = 0
 
 
 class SaveReport(Tolerant):

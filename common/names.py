@@ -43,6 +43,7 @@ LLM_CHAT: Final = "llm.chat"
 REPORT_SAVE: Final = "report.save"
 SANDBOX_EXEC: Final = "sandbox.exec"
 RUNS_PREDECESSOR: Final = "runs.predecessor"
+LIBRARY_ADD: Final = "library.add"
 
 # Signals, updates and queries of ResearchWorkflow.
 SIGNAL_APPROVE_PLAN: Final = "approve_plan"

@@ -45,6 +45,15 @@ def corpus_scope(tenant: str) -> str:
     return DEFAULT_CORPUS_SCOPE if tenant == DEFAULT_TENANT else f"corpus:{valid_tenant(tenant)}"
 
 
+def library_scope(tenant: str) -> str:
+    """The corpus scope of `tenant`'s library: the sources and findings of its finished runs."""
+    return f"library:{valid_tenant(tenant)}"
+
+
+def is_library_scope(scope: str) -> bool:
+    return scope.startswith("library:") and TENANT_PATTERN.match(scope.removeprefix("library:")) is not None
+
+
 def is_document_scope(scope: str) -> bool:
     """Whether `scope` is a tenant's documents (not a run's archive of fetched pages)."""
     return scope == DEFAULT_CORPUS_SCOPE or scope.startswith("corpus:")

@@ -22,6 +22,8 @@ with workflow.unsafe.imports_passed_through():
         ChatMessage,
         ChatRequest,
         ChatResponse,
+        LibraryAdd,
+        LibraryAdded,
         PredecessorRequest,
         PriorRun,
         Role,
@@ -30,7 +32,14 @@ with workflow.unsafe.imports_passed_through():
         StructuredOutput,
         Usage,
     )
-    from common.names import LLM_CHAT, REPORT_SAVE, RUNS_PREDECESSOR, SANDBOX_EXEC, llm_task_queue
+    from common.names import (
+        LIBRARY_ADD,
+        LLM_CHAT,
+        REPORT_SAVE,
+        RUNS_PREDECESSOR,
+        SANDBOX_EXEC,
+        llm_task_queue,
+    )
     from common.sandbox_models import ExecRequest, ExecResult
     from common.structured import output_spec, validated
 
@@ -178,6 +187,24 @@ async def find_predecessor(request: PredecessorRequest) -> PriorRun | None:
         summary="read the earlier run",
     )
     return found
+
+
+# Copying a run's archive into the library reads and indexes every page it read: seconds, heartbeating.
+LIBRARY_ADD_START_TO_CLOSE = timedelta(minutes=5)
+LIBRARY_ADD_RETRY = RetryPolicy(maximum_attempts=5, non_retryable_error_types=[errors.INVALID_INPUT])
+
+
+async def add_to_library(request: LibraryAdd) -> LibraryAdded:
+    """The `library.add` activity: the run's archive and findings join its tenant's library."""
+    return await workflow.execute_activity(
+        LIBRARY_ADD,
+        request,
+        result_type=LibraryAdded,
+        start_to_close_timeout=LIBRARY_ADD_START_TO_CLOSE,
+        heartbeat_timeout=timedelta(seconds=30),
+        retry_policy=LIBRARY_ADD_RETRY,
+        summary="add to the library",
+    )
 
 
 async def run_code(program: str, step_id: str, summary: str, *, tenant: str, run_id: str) -> ExecResult:

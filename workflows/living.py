@@ -7,7 +7,9 @@ shown the predecessor's findings so the plan builds on them, and its report ends
 and the sources the claims cite), never from a diff of report text.
 
 The comparison is deterministic, so it replays and can be tested exactly:
-- a source is the same source when its URL (or its document path) is the same;
+- a source is the same source when its URL (or its document path) is the same; an earlier run's
+  finding met in the tenant's library is that run's conclusion, not evidence: it is no source here,
+  and a claim resting on such findings alone is left out of the comparison;
 - a claim is the same claim when its text is the same after case, spacing and end punctuation are
   normalised;
 - a claim of this run that is not an earlier claim is *changed* when it cites a source that an
@@ -46,6 +48,12 @@ def source_key(source: Source) -> str:
     return source.url or source.path or source.title or source.id
 
 
+def _earlier_conclusion(source: Source) -> bool:
+    """A finding of an earlier run, found in the tenant's library (activities/library.py): the runs'
+    own conclusions, not evidence, so neither a source to compare nor support for a claim."""
+    return source.via == "library" and (source.path or "").startswith("finding:")
+
+
 @dataclass
 class _Claim:
     text: str
@@ -66,6 +74,10 @@ def _claims(findings: list[Finding]) -> dict[str, _Claim]:
             if not key:
                 continue
             cited = [by_id[i] for i in claim.source_ids if i in by_id]
+            evidence = [c for c in cited if not _earlier_conclusion(c)]
+            if cited and not evidence:
+                continue  # It restates an earlier run's conclusion: nothing to compare.
+            cited = evidence
             if key in out:
                 out[key].sources += [s for s in cited if source_key(s) not in out[key].keys]
             else:
@@ -77,7 +89,8 @@ def _sources(findings: list[Finding]) -> dict[str, Source]:
     out: dict[str, Source] = {}
     for finding in findings:
         for source in finding.sources:
-            out.setdefault(source_key(source), source)
+            if not _earlier_conclusion(source):
+                out.setdefault(source_key(source), source)
     return out
 
 

@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         Carried,
         EditPlan,
         Finding,
+        LibraryAdd,
         Phase,
         Plan,
         PlanStep,
@@ -63,7 +64,14 @@ with workflow.unsafe.imports_passed_through():
     from common.structured import DraftStep, plan_model, review_model
     from workflows import budget, living, prompts, reporting
     from workflows.budget import Budget
-    from workflows.calls import WORKFLOW_TASK_TIMEOUT, chat, chat_structured, find_predecessor, save_report
+    from workflows.calls import (
+        WORKFLOW_TASK_TIMEOUT,
+        add_to_library,
+        chat,
+        chat_structured,
+        find_predecessor,
+        save_report,
+    )
     from workflows.details import render_details
     from workflows.event_log import RunEvents
     from workflows.inputs import one_input
@@ -78,6 +86,7 @@ PHASE_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTR_PHASE)
 PATCH_RESEARCHER_AGENT = "researcher-agent"
 PATCH_ABORT_CANCELS_STEPS = "abort-cancels-steps"
 PATCH_HAND_OVER_WHILE_AWAITING = "hand-over-while-awaiting-approval"
+PATCH_LIBRARY = "tenant-library"
 
 
 class _Aborted(Exception):
@@ -164,6 +173,7 @@ class ResearchWorkflow:
                 non_retryable=True,
             ) from err
         self._report_path = (await save_report(report, self._input.tenant)).path
+        library_error = await self._join_library()
         self._set_phase("aborted" if self._abort else "done")
         if self._abort:
             self._events.finish("aborted", self._usage, self._abort.reason)
@@ -181,7 +191,35 @@ class ResearchWorkflow:
             report_path=self._report_path,
             plan=self._book.plan,
             findings=self._book.ordered_findings(),
+            library_error=library_error,
         )
+
+    async def _join_library(self) -> str | None:
+        """The finished run's archive and findings join its tenant's library (activities/library.py),
+        for later runs to search. The report is written already, so a failure here is recorded in the
+        result and logged, not turned into a failed run. Runs from before the library replay without it."""
+        if not workflow.patched(PATCH_LIBRARY):
+            return None
+        try:
+            await add_to_library(
+                LibraryAdd(
+                    workflow_id=workflow.info().workflow_id,
+                    tenant=self._input.tenant,
+                    question=self._input.question,
+                    findings=self._book.ordered_findings(),
+                )
+            )
+        except FailureError as err:
+            workflow.logger.warning("the run's findings could not join the library: %s", err)
+            return _root_message(err)[:500]
+        return None
+
+    def _uses_library(self) -> bool:
+        """The researcher searches the tenant's library when asked, and by default for runs that build
+        on another (follow-ups and scheduled runs)."""
+        if self._input.library is not None:
+            return self._input.library
+        return bool(self._input.follows or self._input.schedule_id)
 
     async def _release_watchers(self) -> None:
         """Hand the waiting stream subscribers what they have not read (the last event included) and
@@ -381,6 +419,7 @@ class ResearchWorkflow:
                         tokens=self._step_tokens(),
                         context_tokens=self._input.researcher_context_tokens,
                         tenant=self._input.tenant,
+                        library=self._uses_library(),
                     ),
                     id=f"{workflow.info().workflow_id}/{step.id}",
                     result_type=Finding,

@@ -251,6 +251,17 @@ class PostgresCorpus(Corpus):
 
         return await self._run(work)
 
+    async def _pieces(self, scope: str, path: str) -> list[tuple[int, str]]:
+        async def work(conn: psycopg.AsyncConnection[Any]) -> list[tuple[int, str]]:
+            cur = await conn.execute(
+                "SELECT char_offset, text FROM cairn_corpus_passages WHERE scope = %s AND path = %s "
+                "ORDER BY position",
+                (scope, path),
+            )
+            return [(int(r[0]), str(r[1])) for r in await cur.fetchall()]
+
+        return await self._run(work)
+
     async def documents(self, scope: str = "corpus") -> int:
         async def work(conn: psycopg.AsyncConnection[Any]) -> int:
             cur = await conn.execute("SELECT count(*) FROM cairn_corpus_documents WHERE scope = %s", (scope,))

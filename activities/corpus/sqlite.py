@@ -185,6 +185,16 @@ class SQLiteCorpus(Corpus):
 
         return await self._call(work)
 
+    async def _pieces(self, scope: str, path: str) -> list[tuple[int, str]]:
+        def work(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            rows = conn.execute(
+                "SELECT char_offset, text FROM passages WHERE scope = ? AND path = ? ORDER BY position",
+                (scope, path),
+            ).fetchall()
+            return [(int(r[0]), str(r[1])) for r in rows]
+
+        return await self._call(work)
+
     async def documents(self, scope: str = "corpus") -> int:
         def work(conn: sqlite3.Connection) -> int:
             return int(conn.execute("SELECT count(*) FROM documents WHERE scope = ?", (scope,)).fetchone()[0])

@@ -92,6 +92,24 @@ class Corpus(ABC):
         last path of a page as `after` to read the next."""
         return await self._list(scope, after, max(1, min(limit, MAX_LISTED)))
 
+    async def read_text(self, scope: str, path: str) -> str | None:
+        """The full text of document `path` of `scope` as it was indexed (its passages put back at
+        their offsets, the whitespace between them a paragraph break), or None when there is none."""
+        pieces = await self._pieces(scope, path)
+        if not pieces:
+            return None
+        parts: list[str] = []
+        end = 0
+        for offset, text in sorted(pieces):
+            if parts and offset > end:
+                parts.append("\n\n")
+            parts.append(text)
+            end = offset + len(text)
+        return "".join(parts)
+
+    @abstractmethod
+    async def _pieces(self, scope: str, path: str) -> list[tuple[int, str]]: ...
+
     @abstractmethod
     async def _store(
         self, scope: str, path: str, title: str, digest: str, pieces: list[tuple[int, str]]

@@ -382,6 +382,7 @@ def create_app(config: ServerConfig | None = None, services: Services | None = N
 
     app.include_router(living_routes.schedules, prefix="/v1")
     app.include_router(living_routes.followups, prefix="/v1")
+    app.include_router(living_routes.library, prefix="/v1")
     from client.web import pages
 
     pages.install(app)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 from temporalio.client import WorkflowExecutionStatus
 
@@ -22,9 +23,12 @@ from client.server.app import Services
 from client.server.problems import Problem
 from client.server.routes import Reader, StartedRun, Svc, Writer, _Body, owned
 from common.models import ResearchInput, RunRequest
+from common.tenancy import library_scope
+from common.tool_models import CorpusResults
 
 schedules = APIRouter(tags=["schedules"])
 followups = APIRouter(tags=["runs"])
+library = APIRouter(tags=["library"])
 
 
 class ScheduleList(BaseModel):
@@ -153,3 +157,17 @@ async def followup(
         token_budget=admission.token_budget,
         cost_budget_usd=admission.cost_budget_usd,
     )
+
+
+@library.get("/library/search", response_model=CorpusResults, summary="Search the tenant's library")
+async def search_library(
+    principal: Reader,
+    services: Svc,
+    q: Annotated[str, Query(min_length=1, max_length=500, description="words to search for")],
+    limit: Annotated[int, Query(ge=1, le=20)] = 5,
+) -> CorpusResults:
+    """What a run's researcher would find in the library (the tenant's finished runs' pages and
+    findings), best first. Only the caller's tenant's library is searched."""
+    corpus = await services.corpus()
+    passages = await corpus.search(q, limit=limit, scope=library_scope(principal.tenant))
+    return CorpusResults(query=q, passages=passages)

@@ -92,6 +92,9 @@ class ResearcherState(TypedDict, total=False):
     # The tenant's documents, the only ones `corpus_search` reads (common/tenancy.py corpus_scope). A
     # state begun before tenants has none: that was the default tenant's, "corpus".
     corpus: str
+    # The tenant's library (its finished runs' sources and findings), searched beside the documents
+    # by corpus_search and beside the archive by recall; "" or absent: not searched.
+    library: str
     turn: int
     finding: dict[str, Any] | None
     finding_error: str
@@ -103,6 +106,7 @@ class ToolTask(TypedDict, total=False):
     call: dict[str, Any]
     scope: str  # the run's archive: where fetch_url files pages and recall searches
     corpus: str  # the tenant's documents: where corpus_search searches; absent means "corpus"
+    library: str  # the tenant's library, searched too when present
     refusal: str
     refusal_type: str  # the typed error the model reads for a refused call
 
@@ -153,6 +157,8 @@ async def after_model(state: ResearcherState) -> Any:
             refusal=refusal,
             refusal_type=kind,
         )
+        if state.get("library"):  # Only then: tasks of runs without it stay exactly as they were.
+            task["library"] = state["library"]
         sends.append(Send(target, task))
     return sends
 
