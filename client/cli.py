@@ -28,6 +28,7 @@ from client.keys_cli import add_keys_command
 from client.living_cli import add_living_commands
 from client.sandbox_cli import add_sandbox_commands
 from client.server.serve import add_serve_command
+from client.tenant_cli import add_tenant_commands
 from client.watch import watch
 from common.config import ConfigError, LLMConfig, TemporalConfig, private_files
 from common.models import RunStatus
@@ -421,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(commands)
     add_keys_command(commands)
     add_living_commands(commands)
+    add_tenant_commands(commands)
     return parser
 
 

@@ -111,6 +111,10 @@ class Corpus(ABC):
     async def _pieces(self, scope: str, path: str) -> list[tuple[int, str]]: ...
 
     @abstractmethod
+    async def scopes(self, prefix: str) -> list[str]:
+        """Every scope whose name starts with `prefix` (a tenant's run archives: `run:<tenant>.`)."""
+
+    @abstractmethod
     async def _store(
         self, scope: str, path: str, title: str, digest: str, pieces: list[tuple[int, str]]
     ) -> IngestReport: ...
