@@ -39,9 +39,12 @@ from activities.living import LivingActivities
 from activities.llm import LLMActivities
 from activities.reports import ReportActivities
 from activities.researcher import ResearcherNodes
+from activities.retention import RetentionActivities
 from activities.sandbox import SandboxActivities
+from activities.sandbox.config import SandboxConfig
 from activities.telemetry import Telemetry
 from activities.web_search import WebSearch
+from client.server.policy import Policies
 from common.config import (
     WORKER_ROLES,
     LLMConfig,
@@ -142,6 +145,7 @@ def build_worker(
     llm_limits: LLMLimits | None = None,
     role: str = "all",
     tracer: Tracer | None = None,
+    retention_days: Callable[[str], float] | None = None,
     **options: Any,
 ) -> CairnWorker:
     """`options` go to the workflow worker as they are (tests use `max_cached_workflows=0` to force
@@ -167,6 +171,15 @@ def build_worker(
         corpus,
     )
     library = LibraryActivities(corpus)
+    policies = Policies.from_env()
+    retention = RetentionActivities(
+        corpus,
+        home,
+        SandboxConfig.from_env().artifacts_dir or home / "artifacts",
+        os.environ,
+        retention_days or (lambda tenant: policies.of(tenant).retention_days),
+        lambda: sorted(policies.tenants),
+    )
     llm_queue = llm_task_queue(task_queue)
     # The plugin wraps the graph's nodes in place, so each worker gets a graph of its own.
     graph = build_graph(nodes, llm_task_queue=llm_queue)
@@ -190,6 +203,7 @@ def build_worker(
                     sandbox.exec,
                     LivingActivities().predecessor,
                     library.add,
+                    retention.sweep,
                 ],
                 plugins=[researcher],
                 graceful_shutdown_timeout=timedelta(seconds=10),
@@ -250,6 +264,19 @@ async def warm_up(sandbox: SandboxActivities, role: str) -> None:
             log.warning("code sandbox unavailable (%s): code steps fail until it is fixed", err)
 
 
+async def keep_retention_schedule(client: Client, task_queue: str) -> None:
+    """The retention sweep's Temporal Schedule exists (client/retention.py); a server that refuses it
+    (no permission) is told in the log, and the worker runs on."""
+    from client.retention import DEFAULT_CRON, ensure_retention_schedule
+
+    try:
+        await ensure_retention_schedule(
+            client, task_queue, os.environ.get("CAIRN_RETENTION_CRON") or DEFAULT_CRON
+        )
+    except Exception as err:
+        log.warning("could not create the retention sweep's schedule: %s", str(err)[:300])
+
+
 async def main() -> None:
     private_files()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -291,6 +318,8 @@ async def main() -> None:
             # Polling first, then the rest: a restarted worker takes up its runs' work at once, and
             # what it needs later comes while that work is under way.
             warming = asyncio.create_task(warm_up(sandbox, role))
+            if role != "llm":
+                await keep_retention_schedule(client, config.task_queue)
             await stop.wait()
             warming.cancel()
     finally:

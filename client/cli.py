@@ -291,7 +291,10 @@ async def cmd_dev(args: argparse.Namespace) -> int:
         stopped = embedded.stop()
         _emit(args, {"stopped": stopped}, "Stopped " + (" and ".join(stopped) or "nothing: nothing ran"))
         return 0
-    await _connect_temporal(start_embedded=True)
+    cairn = await _connect_temporal(start_embedded=True)
+    from client.retention import keep_histories_as_long_as_files
+
+    await keep_histories_as_long_as_files(cairn.temporal)
     info = {"address": embedded.address, "ui": embedded.ui_url, "home": str(embedded.home)}
     _emit(
         args,

@@ -56,6 +56,7 @@ PASSED_THROUGH = (
     "common.events",
     "common.models",
     "common.names",
+    "common.retention_models",
     "common.sandbox_models",
     "common.structured",
     "common.tenancy",

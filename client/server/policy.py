@@ -9,6 +9,7 @@ Read once at start-up from the TOML file named by CAIRN_TENANTS_FILE (docs/opera
     tokens_per_day = 0        # input + output tokens per UTC day; 0 is no limit
     usd_per_day = 0.0         # US dollars per UTC day; 0 is no limit
     requests_per_minute = 600 # per API key or token subject; 0 is no limit
+    retention_days = 30       # closed runs' payloads, archives, reports and artifacts are kept this long
 
     [tenants.acme]
     weight = 3.0
@@ -43,6 +44,8 @@ class TenantPolicy(BaseModel):
     tokens_per_day: int = Field(default=0, ge=0)
     usd_per_day: float = Field(default=0.0, ge=0)
     requests_per_minute: int = Field(default=600, ge=0)
+    # Days a closed run's leftovers (payloads, archive, report, artifacts) are kept (activities/retention.py).
+    retention_days: float = Field(default=30.0, gt=0, le=36600)
 
 
 @dataclass(frozen=True)
