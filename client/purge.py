@@ -33,7 +33,7 @@ from common.names import SEARCH_ATTR_TENANT
 from common.payload_upkeep import Tally, erase_partition, remove_tree
 from common.tenancy import DEFAULT_TENANT, corpus_scope, library_scope, tenant_directory, valid_tenant
 
-VISIBILITY_SECONDS = 30.0
+VISIBILITY_SECONDS = 180.0
 
 
 class Erased(BaseModel):
@@ -92,8 +92,11 @@ async def purge_tenant(
                 if err.status != RPCStatusCode.NOT_FOUND:  # Ended meanwhile: nothing to stop.
                     raise
     deadline = asyncio.get_running_loop().time() + VISIBILITY_SECONDS
+    deleted: set[tuple[str, str]] = set()
     while executions:
         for workflow_id, run_id, _ in executions:
+            if (workflow_id, run_id) in deleted:
+                continue  # Asked once; the server removes it from visibility in its own time.
             try:
                 await temporal.workflow_service.delete_workflow_execution(
                     DeleteWorkflowExecutionRequest(
@@ -101,12 +104,13 @@ async def purge_tenant(
                         workflow_execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id),
                     )
                 )
-                erased.executions_deleted += 1
             except RPCError as err:
                 if err.status != RPCStatusCode.NOT_FOUND:
                     raise
-        # Deletion and visibility are asynchronous: look again until nothing of the tenant is listed.
-        await asyncio.sleep(0.5)
+            deleted.add((workflow_id, run_id))
+        # Deletion and visibility are asynchronous (tens of seconds on the dev server): look again
+        # until nothing of the tenant is listed.
+        await asyncio.sleep(1.0)
         executions = await _executions(temporal, tenant)
         if executions and asyncio.get_running_loop().time() > deadline:
             raise CairnError(
@@ -114,6 +118,7 @@ async def purge_tenant(
                 f"{VISIBILITY_SECONDS:g} s; run the purge again",
                 "unavailable",
             )
+    erased.executions_deleted = len(deleted)
 
     scopes = {corpus_scope(tenant), library_scope(tenant), *await corpus.scopes(f"run:{tenant}.")}
     for scope in sorted(scopes):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from google.protobuf.duration_pb2 import Duration
 from temporalio.api.namespace.v1 import NamespaceConfig
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, UpdateNamespaceRequest
 from temporalio.client import (
@@ -65,13 +64,10 @@ async def set_history_retention(client: Client, days: float) -> None:
     current = described.config.workflow_execution_retention_ttl.ToTimedelta()
     if current == ttl:
         return
+    config = NamespaceConfig()
+    config.workflow_execution_retention_ttl.FromTimedelta(ttl)
     await client.workflow_service.update_namespace(
-        UpdateNamespaceRequest(
-            namespace=client.namespace,
-            config=NamespaceConfig(
-                workflow_execution_retention_ttl=Duration(seconds=int(ttl.total_seconds()))
-            ),
-        )
+        UpdateNamespaceRequest(namespace=client.namespace, config=config)
     )
 
 

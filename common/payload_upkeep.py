@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import StorageDriverClaim
 
@@ -48,13 +48,13 @@ def _partition_dir(env: Mapping[str, str], tenant: str) -> Path:
     return root if tenant == DEFAULT_TENANT else root / "tenants" / valid_tenant(tenant)
 
 
-def _payloads(message: Message) -> Iterator[Payload]:
+def _payloads(message: Any) -> Iterator[Payload]:
     """Every Payload inside a protobuf message (a history event), however deeply nested."""
     for field, value in message.ListFields():
         if field.message_type is None:
             continue
         items: Iterable[object]
-        if isinstance(value, Message):
+        if hasattr(value, "ListFields"):  # a message
             items = [value]
         elif hasattr(value, "values") and callable(value.values):
             items = value.values()  # a map field
@@ -63,11 +63,11 @@ def _payloads(message: Message) -> Iterator[Payload]:
         for item in items:
             if isinstance(item, Payload):
                 yield item
-            elif isinstance(item, Message):
+            elif hasattr(item, "ListFields"):
                 yield from _payloads(item)
 
 
-def referenced(events: Iterable[Message], env: Mapping[str, str] | None = None) -> set[tuple[str, str]]:
+def referenced(events: Iterable[Any], env: Mapping[str, str] | None = None) -> set[tuple[str, str]]:
     """The (tenant, digest) of every stored payload the events refer to."""
     storage = external_storage(env, offload=False)
     found: set[tuple[str, str]] = set()

@@ -125,7 +125,7 @@ async def test_purging_a_tenant_leaves_nothing_of_it_and_everything_of_others(st
         assert response.status_code == 200, response.text
         erased = response.json()
         assert erased["tenant"] == "doomed" and erased["schedules"] == 1 and erased["runs_terminated"] == 1
-        assert erased["executions_deleted"] >= 3 and erased["keys"] == 2
+        assert erased["executions_deleted"] == len(executions) and erased["keys"] == 2
         assert erased["payloads"] >= 1 and erased["payload_bytes"] > 30_000 and erased["files"] >= 1
 
         # Nothing of it remains: histories and visibility, schedules, rows, files. Its key is gone.
@@ -153,7 +153,7 @@ async def test_an_operator_purges_with_the_cli(stack: ApiStack) -> None:
     assert (await in_temporal(stack, "gone-cli"))[0]  # Nothing happened without --yes.
     code, _, err = await run(CAIRN, "tenant", "purge", "default", "--yes", env=env, check=False)
     assert code == 1 and "the default tenant cannot be purged" in err
-    _, out, _ = await run(CAIRN, "tenant", "purge", "gone-cli", "--yes", "--json", env=env, seconds=120)
+    _, out, _ = await run(CAIRN, "tenant", "purge", "gone-cli", "--yes", "--json", env=env, seconds=240)
     assert json.loads(out)["schedules"] == 1 and json.loads(out)["runs_terminated"] == 1
     assert await in_temporal(stack, "gone-cli") == ([], [])
     assert all(count == 0 for count in traces(stack, "gone-cli").values()), traces(stack, "gone-cli")

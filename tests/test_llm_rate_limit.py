@@ -28,6 +28,7 @@ from temporalio.client import Client, WorkflowHistory
 from client.api import CairnClient
 from common.config import ConfigError, LLMLimits, TemporalConfig, worker_role
 from common.names import (
+    LIBRARY_ADD,
     LLM_CHAT,
     NODE_FINDING,
     NODE_MODEL,
@@ -44,7 +45,7 @@ from tests.helpers import history
 from worker import CairnWorker, build_worker
 
 LLM_ACTIVITIES = {LLM_CHAT, f"{RESEARCHER_GRAPH}.{NODE_MODEL}", f"{RESEARCHER_GRAPH}.{NODE_FINDING}"}
-OTHER_ACTIVITIES = {REPORT_SAVE, *(f"{RESEARCHER_GRAPH}.{tool}" for tool in RESEARCHER_TOOLS)}
+OTHER_ACTIVITIES = {REPORT_SAVE, LIBRARY_ADD, *(f"{RESEARCHER_GRAPH}.{tool}" for tool in RESEARCHER_TOOLS)}
 
 RATE = 4.0
 PARTITIONS = 4  # The server's default matching.numTaskqueueReadPartitions.

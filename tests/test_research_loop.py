@@ -10,7 +10,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 
 from client.api import CairnClient, CairnError
-from common.names import LLM_CHAT, REPORT_SAVE, RESEARCHER_WORKFLOW, UPDATE_EDIT_PLAN
+from common.names import LIBRARY_ADD, LLM_CHAT, REPORT_SAVE, RESEARCHER_WORKFLOW, UPDATE_EDIT_PLAN
 from testkit.scripted_llm import ScriptedLLM
 from tests.conftest import SENTINEL_KEY
 from tests.helpers import events_of, history, scheduled_activities, wait_for
@@ -27,7 +27,8 @@ async def test_auto_approved_run_is_all_activities_and_children(cairn: CairnClie
     assert llm.calls() == 12 and result.usage.llm_calls == 12
     assert result.usage.input_tokens > 0 and result.usage.output_tokens > 0
     hist = await history(cairn, wid)
-    assert scheduled_activities(hist) == [LLM_CHAT, LLM_CHAT, LLM_CHAT, REPORT_SAVE]
+    # The finished run's findings join the tenant's library last (activities/library.py).
+    assert scheduled_activities(hist) == [LLM_CHAT, LLM_CHAT, LLM_CHAT, REPORT_SAVE, LIBRARY_ADD]
     children = events_of(hist, EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED)
     assert [
         c.start_child_workflow_execution_initiated_event_attributes.workflow_type.name for c in children
