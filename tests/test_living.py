@@ -21,12 +21,13 @@ import httpx
 import pytest
 from temporalio.client import Client
 
+from client.api import CairnClient
 from common.names import RUNS_PREDECESSOR
 from common.web_config import SearchConfig
 from testkit.dev_server import DevServer
 from tests.api_support import ApiStack, api_stack
 from tests.conftest import CAIRN
-from tests.helpers import run
+from tests.helpers import run, wait_for
 from tests.test_api import problem, wait_phase
 
 # No web search: the researcher searches the tenant's documents (corpus_search is what it is offered).
@@ -352,3 +353,40 @@ async def test_the_cli_manages_schedules_and_follow_ups_through_the_api(
     await run(CAIRN, "schedule", "delete", schedule_id, env=env)
     code, _, err = await run(CAIRN, "schedule", "describe", schedule_id, env=env, check=False)
     assert code == 1 and f"no schedule with id {schedule_id}" in err
+
+
+async def test_the_cli_without_the_api_is_the_default_tenant(env: dict[str, str], cairn: CairnClient) -> None:
+    _, out, _ = await run(
+        CAIRN, "research", "Default first? [steps=1]", "--auto-approve", "--wait", "--json", env=env
+    )
+    first = json.loads(out)["workflow_id"]
+    _, out, _ = await run(
+        CAIRN, "followup", first, "Default since? [steps=1]", "--auto-approve", "--json", env=env
+    )
+    later = json.loads(out)["workflow_id"]
+    result = await cairn.result(later)
+    assert f"Compared with run {first}" in result.report
+    _, out, _ = await run(CAIRN, "library", "search", "Investigate aspect", "--json", env=env)
+    assert f"finding:{first}/s1" in {p["path"] for p in json.loads(out)["passages"]}
+
+    _, out, _ = await run(
+        CAIRN, "schedule", "create", "Default weekly?", "--cron", "0 8 * * 1", "--json", env=env
+    )
+    schedule_id = json.loads(out)["id"]
+    assert schedule_id.startswith("default.sched-")
+    _, out, _ = await run(CAIRN, "schedule", "list", "--json", env=env)
+    assert schedule_id in {s["id"] for s in json.loads(out)["schedules"]}
+    _, out, _ = await run(CAIRN, "schedule", "backfill", schedule_id, "--start", "2026-01-01T00:00:00+00:00",
+                          "--end", "2026-01-06T00:00:00+00:00", "--json", env=env)  # fmt: skip
+    assert json.loads(out)["id"] == schedule_id
+    handle = cairn.temporal.get_schedule_handle(schedule_id)
+    for _ in range(300):  # The schedule acts on a backfill in its own time.
+        if (await handle.describe()).info.num_actions == 1:  # Monday 5 January, 08:00
+            break
+        await asyncio.sleep(0.1)
+    _, out, _ = await run(CAIRN, "schedule", "describe", schedule_id, env=env)
+    assert "runs started: 1" in out and f"{schedule_id}-2026-01-05T08:00:00Z" in out
+    running = f"{schedule_id}-2026-01-05T08:00:00Z"
+    await wait_for(cairn, running, "awaiting_approval")
+    await cairn.abort(running, "test over")
+    await run(CAIRN, "schedule", "delete", schedule_id, env=env)
