@@ -106,10 +106,10 @@ class _Http:
 
     async def create(self, request: ScheduleRequest) -> ScheduleView:
         body = request.model_dump(mode="json", exclude_unset=True)
-        return ScheduleView.model_validate(await self.api._json("POST", "/v1/schedules", json=body))
+        return ScheduleView.model_validate(await self.api.request("POST", "/v1/schedules", json=body))
 
     async def list(self) -> list[ScheduleView]:
-        answer = await self.api._json("GET", "/v1/schedules")
+        answer = await self.api.request("GET", "/v1/schedules")
         return [ScheduleView.model_validate(s) for s in answer["schedules"]]
 
     async def act(self, action: str, schedule_id: str, body: dict[str, Any]) -> ScheduleView | None:
@@ -117,20 +117,20 @@ class _Http:
             raise CairnError(f"no schedule with id {schedule_id[:200]}", "not_found")
         path = f"/v1/schedules/{schedule_id}"
         if action == "describe":
-            return ScheduleView.model_validate(await self.api._json("GET", path))
+            return ScheduleView.model_validate(await self.api.request("GET", path))
         if action == "delete":
-            await self.api._call("DELETE", path)
+            await self.api.request("DELETE", path)
             return None
         if action == "trigger":
-            await self.api._call("POST", f"{path}/trigger")
+            await self.api.request("POST", f"{path}/trigger")
             return None
-        return ScheduleView.model_validate(await self.api._json("POST", f"{path}/{action}", json=body))
+        return ScheduleView.model_validate(await self.api.request("POST", f"{path}/{action}", json=body))
 
     async def followup(self, run_id: str, request: RunRequest) -> str:
         if "/" in run_id or not run_id:
             raise CairnError(f"no run with id {run_id[:200]}", "not_found")
         body = request.model_dump(mode="json", exclude_unset=True)
-        return str((await self.api._json("POST", f"/v1/runs/{run_id}/followup", json=body))["id"])
+        return str((await self.api.request("POST", f"/v1/runs/{run_id}/followup", json=body))["id"])
 
 
 def _set(request: RunRequest) -> dict[str, Any]:
@@ -189,7 +189,7 @@ async def cmd_library(args: argparse.Namespace) -> int:
     settings = api_settings()
     if settings is not None:
         api = ApiClient.from_env()
-        answer = await api._json("GET", "/v1/library/search", params={"q": args.query, "limit": args.limit})
+        answer = await api.request("GET", "/v1/library/search", params={"q": args.query, "limit": args.limit})
         results = CorpusResults.model_validate(answer)
     else:
         from activities.corpus import open_corpus

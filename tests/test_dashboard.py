@@ -135,6 +135,7 @@ async def test_summaries_name_each_activity_and_step(cairn: CairnClient) -> None
         "plan v1",
         "write report",
         "save report",
+        "add to the library",
     ]
     children = summaries(parent, EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED)
     assert sorted(children) == [
