@@ -132,11 +132,12 @@ async def test_a_schedule_triggered_twice_reports_what_changed_since_its_last_ru
         assert first.startswith(f"{schedule_id}-")
         first_report = await report_of(http, first)
         assert "upload:kerr-a.md" in first_report and "What changed since" not in first_report
-        # The second run compares itself with a completed run: wait until visibility says so.
-        for _ in range(100):
+        # The second run finds its predecessor through visibility: wait until that lists the first.
+        for _ in range(600):
             if await completed_runs(stack.temporal, schedule_id) == [first]:
                 break
             await asyncio.sleep(0.1)
+        assert await completed_runs(stack.temporal, schedule_id) == [first]
 
         await upload(http, "kerr-b.md", DOC_B)  # What is different the second time.
         assert (await http.post(f"/v1/schedules/{schedule_id}/trigger")).status_code == 202
@@ -146,7 +147,9 @@ async def test_a_schedule_triggered_twice_reports_what_changed_since_its_last_ru
 
     closed = (await stack.temporal.get_workflow_handle(first).describe()).close_time
     assert closed is not None
-    section = second_report.split(f"## What changed since {closed:%Y-%m-%d %H:%M} UTC\n", 1)[1]
+    title = f"## What changed since {closed:%Y-%m-%d %H:%M} UTC\n"
+    assert title in second_report, second_report
+    section = second_report.split(title, 1)[1]
     assert f"Compared with run {first}" in section
     new_sources = section.split("### New sources\n\n", 1)[1].split("###", 1)[0]
     assert new_sources == "- Kerr ridge resurvey (upload:kerr-b.md)\n\n"

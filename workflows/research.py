@@ -358,8 +358,11 @@ class ResearchWorkflow:
                 draft = await self._unless_aborted(
                     chat_structured(
                         "planner",
-                        prompts.revise_messages(
-                            self._input.question, self._book.plan, changes.feedback, self._input.max_steps
+                        living.with_prior(
+                            prompts.revise_messages(
+                                self._input.question, self._book.plan, changes.feedback, self._input.max_steps
+                            ),
+                            self._prior,
                         ),
                         plan_model(self._input.max_steps, self._book.step_ids()),
                         name="plan",
