@@ -185,5 +185,9 @@ async def test_a_runs_archive_joins_the_library_whole(corpus: Corpus) -> None:
         await ActivityEnvironment().run(
             LibraryActivities(corpus).add, LibraryAdd(workflow_id=run_id, tenant="../x")
         )
+    # A tenant's scopes are found by prefix (how a purge finds its run archives), no other's.
+    assert await corpus.scopes(f"run:{tenant}.") == [f"run:{run_id}"]
+    assert await corpus.scopes(f"library:{tenant}") == [scope]
     await corpus.drop_scope(scope)
     await corpus.drop_scope(f"run:{run_id}")
+    assert await corpus.scopes(f"run:{tenant}.") == []
