@@ -34,13 +34,18 @@ from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
 from activities.corpus import Corpus, open_corpus
 from activities.fetch import PageFetcher
+from activities.library import LibraryActivities
+from activities.living import LivingActivities
 from activities.llm import LLMActivities
 from activities.mcp_tools import McpTools
 from activities.reports import ReportActivities
 from activities.researcher import ResearcherNodes
+from activities.retention import RetentionActivities
 from activities.sandbox import SandboxActivities
+from activities.sandbox.config import SandboxConfig
 from activities.telemetry import Telemetry
 from activities.web_search import WebSearch
+from client.server.policy import Policies
 from common.config import (
     WORKER_ROLES,
     LLMConfig,
@@ -143,6 +148,7 @@ def build_worker(
     llm_limits: LLMLimits | None = None,
     role: str = "all",
     tracer: Tracer | None = None,
+    retention_days: Callable[[str], float] | None = None,
     **options: Any,
 ) -> CairnWorker:
     """`options` go to the workflow worker as they are (tests use `max_cached_workflows=0` to force
@@ -160,12 +166,23 @@ def build_worker(
     home = home or cairn_home()
     llm_activities = LLMActivities(llm or LLMConfig.from_env(), telemetry)
     reports = ReportActivities(home / "reports")
+    corpus = corpus or open_corpus({**os.environ, "CAIRN_HOME": str(home)})
     nodes = ResearcherNodes(
         llm_activities,
         WebSearch(search or SearchConfig.from_env(), telemetry),
         PageFetcher(fetch or FetchConfig.from_env(), telemetry),
-        corpus or open_corpus({**os.environ, "CAIRN_HOME": str(home)}),
+        corpus,
         McpTools(mcp if mcp is not None else McpConfig.from_env()),  # the operator's CAIRN_MCP_CONFIG
+    )
+    library = LibraryActivities(corpus)
+    policies = Policies.from_env()
+    retention = RetentionActivities(
+        corpus,
+        home,
+        SandboxConfig.from_env().artifacts_dir or home / "artifacts",
+        os.environ,
+        retention_days or (lambda tenant: policies.of(tenant).retention_days),
+        lambda: sorted(policies.tenants),
     )
     llm_queue = llm_task_queue(task_queue)
     # The plugin wraps the graph's nodes in place, so each worker gets a graph of its own.
@@ -184,7 +201,14 @@ def build_worker(
                 # llm.chat (and, through the plugin, every graph node) is registered here too, only
                 # for calls scheduled on this queue before LLM calls had a queue of their own: a run
                 # in flight across the upgrade still finds a worker for them. New calls never come here.
-                activities=[llm_activities.chat, reports.save, sandbox.exec],
+                activities=[
+                    llm_activities.chat,
+                    reports.save,
+                    sandbox.exec,
+                    LivingActivities().predecessor,
+                    library.add,
+                    retention.sweep,
+                ],
                 plugins=[researcher],
                 graceful_shutdown_timeout=timedelta(seconds=10),
                 build_id=BUILD_ID,
@@ -244,6 +268,19 @@ async def warm_up(sandbox: SandboxActivities, role: str) -> None:
             log.warning("code sandbox unavailable (%s): code steps fail until it is fixed", err)
 
 
+async def keep_retention_schedule(client: Client, task_queue: str) -> None:
+    """The retention sweep's Temporal Schedule exists (client/retention.py); a server that refuses it
+    (no permission) is told in the log, and the worker runs on."""
+    from client.retention import DEFAULT_CRON, ensure_retention_schedule
+
+    try:
+        await ensure_retention_schedule(
+            client, task_queue, os.environ.get("CAIRN_RETENTION_CRON") or DEFAULT_CRON
+        )
+    except Exception as err:
+        log.warning("could not create the retention sweep's schedule: %s", str(err)[:300])
+
+
 async def main() -> None:
     private_files()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -285,6 +322,8 @@ async def main() -> None:
             # Polling first, then the rest: a restarted worker takes up its runs' work at once, and
             # what it needs later comes while that work is under way.
             warming = asyncio.create_task(warm_up(sandbox, role))
+            if role != "llm":
+                await keep_retention_schedule(client, config.task_queue)
             await stop.wait()
             warming.cancel()
     finally:

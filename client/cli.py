@@ -25,13 +25,15 @@ from client.embedded import Embedded, EmbeddedError, port_open
 from client.http_client import ApiClient, api_settings
 from client.ingest_cli import add_ingest_command
 from client.keys_cli import add_keys_command
+from client.living_cli import add_living_commands
 from client.report_cli import report_bytes, write_report
 from client.sandbox_cli import add_sandbox_commands
 from client.server.serve import add_serve_command
+from client.tenant_cli import add_tenant_commands
 from client.watch import watch
 from client.web.export import FORMATS
 from common.config import ConfigError, LLMConfig, TemporalConfig, private_files
-from common.domains import deployment_domains, run_policy
+from common.domains import deployment_policy
 from common.models import RunStatus
 from common.tenancy import DEFAULT_TENANT, check_run_id
 from common.tracing import shutdown_process_tracing
@@ -169,6 +171,7 @@ async def cmd_research(args: argparse.Namespace) -> int:
         "deadline_seconds": args.deadline,
         "on_budget": args.on_budget,
         "clarify": args.clarify,
+        "library": args.library,
     }
     options = {k: v for k, v in options.items() if v is not None}
     validated_input(args.question, **options)  # Refuse bad input before starting anything.
@@ -180,10 +183,8 @@ async def cmd_research(args: argparse.Namespace) -> int:
             raise CairnError(f"invalid run id: {err}") from None
     if api_settings() is None:
         LLMConfig.from_env().require()  # Through the API, the model is the server's to configure.
-        try:  # Through the API, the domain policy is the server's (the deployment's and the tenant's).
-            options["domains"] = run_policy(deployment_domains())
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        # Through the API, the domain policy is the server's (the deployment's and the tenant's).
+        options["domains"] = deployment_policy()
     cairn = await _connect(start_embedded=True)
     workflow_id = await cairn.start(args.question, workflow_id=args.id, **options)
     if isinstance(cairn, CairnClient) and not await _worker_appears(cairn, seconds=10):
@@ -317,7 +318,10 @@ async def cmd_dev(args: argparse.Namespace) -> int:
         stopped = embedded.stop()
         _emit(args, {"stopped": stopped}, "Stopped " + (" and ".join(stopped) or "nothing: nothing ran"))
         return 0
-    await _connect_temporal(start_embedded=True)
+    cairn = await _connect_temporal(start_embedded=True)
+    from client.retention import keep_histories_as_long_as_files
+
+    await keep_histories_as_long_as_files(cairn.temporal)
     info = {"address": embedded.address, "ui": embedded.ui_url, "home": str(embedded.home)}
     _emit(
         args,
@@ -396,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="clarifying questions before planning: when the question is ambiguous (auto, the default), "
         "never, or always",
     )
+    research.add_argument(
+        "--library",
+        action=argparse.BooleanOptionalAction,
+        help="search the tenant's library of earlier runs too",
+    )
 
     for name, handler, help_text in (
         ("approve", cmd_approve, "approve the plan awaiting approval"),
@@ -451,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_doctor_command(commands)
     add_serve_command(commands)
     add_keys_command(commands)
+    add_living_commands(commands)
+    add_tenant_commands(commands)
     return parser
 
 

@@ -101,6 +101,12 @@ class ApiClient:
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return (await self._call(method, path, **kwargs)).json()
 
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Any route of the API (`/v1/...`), its JSON answer (None for an empty one); a refusal is a
+        CairnError as for the methods below. For commands whose routes have no method here."""
+        response = await self._call(method, path, **kwargs)
+        return response.json() if response.content else None
+
     # -- the CairnClient methods the CLI uses ----------------------------------------------------
 
     async def start(self, question: str, *, workflow_id: str | None = None, **options: Any) -> str:

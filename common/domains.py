@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.env import ConfigError
+
 MAX_DOMAINS: Final = 500
 _LABEL: Final = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -159,3 +161,12 @@ def run_policy(deployment: DomainList, tenant: DomainList | None = None) -> Doma
     """The policy to put into a run's input, or None when neither layer says anything."""
     policy = DomainPolicy(deployment=deployment, tenant=tenant or DomainList())
     return None if policy.empty else policy
+
+
+def deployment_policy(env: Mapping[str, str] | None = None) -> DomainPolicy | None:
+    """A run's policy where no tenant has lists of its own (the CLI without the API: the default
+    tenant): the deployment's; a ConfigError naming the variable that is wrong."""
+    try:
+        return run_policy(deployment_domains(env))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

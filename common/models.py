@@ -124,6 +124,9 @@ class RunRequest(_Strict):
     # Clarifying questions before planning; unanswered, the approval timeout and its policy apply
     # (`approve`: plan without answers; `abort`).
     clarify: ClarifyPolicy = "auto"
+    # Whether the researcher also searches the tenant's library (the sources and findings of its
+    # finished runs). None: yes for follow-ups and scheduled runs, no otherwise.
+    library: bool | None = None
 
     @field_validator("question")
     @classmethod
@@ -148,6 +151,11 @@ class ResearchInput(RunRequest):
     domains: DomainPolicy | None = None
     # Set by the workflow itself when it continues as new: the state a long run carries forward.
     carried: Carried | None = None
+    # Living research (workflows/living.py), set by the API or a schedule, never by a request body:
+    # the run this one follows up, or the schedule that started it. Either gives the run a
+    # predecessor whose findings its planner sees and its report's "What changed since" compares.
+    follows: str | None = Field(default=None, max_length=200)
+    schedule_id: str | None = Field(default=None, max_length=200)
 
 
 def _step_title(value: str) -> str:
@@ -237,8 +245,8 @@ class Source(Tolerant):
     title: str = ""
     url: str | None = None
     path: str | None = None
-    # How the run came by it: "fetched" (a page read in full), "searched" (a web search hit) or
-    # "corpus" (a passage of the user's documents).
+    # How the run came by it: "fetched" (a page read in full), "searched" (a web search hit),
+    # "corpus" (a passage of the user's documents) or "library" (the tenant's library of earlier runs).
     via: str = ""
 
 
@@ -270,6 +278,11 @@ class ResearchResult(Tolerant):
     abort_reason: str | None = None
     report_path: str | None = None
     plan: Plan | None = None
+    # The structured findings (claims and their sources) the report was written from: what a later
+    # run of the same question compares itself with.
+    findings: list[Finding] = Field(default_factory=list)
+    # Why the run's findings did not join the tenant's library, when they did not.
+    library_error: str | None = None
 
 
 class BudgetStatus(Tolerant):
@@ -422,6 +435,8 @@ class Carried(Tolerant):
     # The run's event stream (its log and offsets), so watchers read on without a gap or a repeat.
     stream: WorkflowStreamState | None = None
     clarification: Clarification | None = None  # for the report's method section
+    # The predecessor the run found before it planned (living research), for its report's end.
+    prior: PriorRun | None = None
 
     @field_validator("started_at", "awaiting_since")
     @classmethod
@@ -488,6 +503,42 @@ class StepInput(Tolerant):
     # Whose run the step belongs to: the researcher searches this tenant's documents only.
     tenant: str = DEFAULT_TENANT
     domains: DomainPolicy | None = None  # the run's domain policy, for web_search and fetch_url
+    # Whether corpus_search and recall also search the tenant's library.
+    library: bool = False
+
+
+class PredecessorRequest(Tolerant):
+    """Activity `runs.predecessor`: the run `follows` names, or the last completed run of schedule
+    `schedule_id`, if it is tenant `tenant`'s (`workflow_id` is the run asking, never its own)."""
+
+    workflow_id: str
+    tenant: str = DEFAULT_TENANT
+    follows: str | None = None
+    schedule_id: str | None = None
+
+
+class PriorRun(Tolerant):
+    """What a run knows of its predecessor: when it finished and what it found."""
+
+    workflow_id: str
+    question: str
+    finished_at: str  # ISO 8601, UTC
+    findings: list[Finding] = Field(default_factory=list)
+
+
+class LibraryAdd(Tolerant):
+    """Activity `library.add`: a finished run's archive (pages read in full) and findings join its
+    tenant's library."""
+
+    workflow_id: str
+    tenant: str = DEFAULT_TENANT
+    question: str = ""
+    findings: list[Finding] = Field(default_factory=list)
+
+
+class LibraryAdded(Tolerant):
+    pages: int = 0  # pages of the run's archive copied in full
+    findings: int = 0
 
 
 class SaveReport(Tolerant):
@@ -500,4 +551,5 @@ class SavedReport(Tolerant):
     path: str
 
 
+Carried.model_rebuild()
 ResearchInput.model_rebuild()

@@ -23,6 +23,7 @@ RESEARCH_WORKFLOW: Final = "ResearchWorkflow"
 STEP_WORKFLOW: Final = "StepWorkflow"
 CODER_WORKFLOW: Final = "CoderWorkflow"
 RESEARCHER_WORKFLOW: Final = "ResearcherWorkflow"
+RETENTION_WORKFLOW: Final = "RetentionWorkflow"
 
 # The researcher's LangGraph graph. The temporalio-langgraph plugin runs each of its activity nodes as
 # an activity named "<graph>.<node>"; these are those names.
@@ -44,6 +45,9 @@ RESEARCHER_ACTIVITIES: Final = tuple(
 LLM_CHAT: Final = "llm.chat"
 REPORT_SAVE: Final = "report.save"
 SANDBOX_EXEC: Final = "sandbox.exec"
+RUNS_PREDECESSOR: Final = "runs.predecessor"
+LIBRARY_ADD: Final = "library.add"
+RETENTION_SWEEP: Final = "retention.sweep"
 
 # Signals, updates and queries of ResearchWorkflow.
 SIGNAL_APPROVE_PLAN: Final = "approve_plan"

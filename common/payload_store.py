@@ -129,6 +129,13 @@ class FileDriver(StorageDriver):
             partial = path.with_name(f".{ref.key}.{os.getpid()}.part")
             partial.write_bytes(data)
             partial.replace(path)  # Atomic: a reader sees the whole payload or none.
+        else:
+            # Stored again (by another run, say): young again, so the retention sweep, which deletes
+            # only old payloads no open run references, cannot take it from under the new user.
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return self._write(tenant, data)  # Swept at this very moment: write it again.
         return ref
 
     def _read(self, claim: StorageDriverClaim) -> Payload:
@@ -192,7 +199,9 @@ class PostgresDriver(StorageDriver):
         async with await self._connect() as conn:
             async with conn.cursor() as cur:
                 await cur.executemany(
-                    "INSERT INTO cairn_payloads (key, data) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+                    # Stored again: young again (see FileDriver._write).
+                    "INSERT INTO cairn_payloads (key, data) VALUES (%s, %s) "
+                    "ON CONFLICT (key) DO UPDATE SET stored_at = now()",
                     [(ref.row, blob) for ref, blob in zip(refs, blobs, strict=True)],
                 )
         return [ref.claim() for ref in refs]

@@ -45,6 +45,15 @@ def corpus_scope(tenant: str) -> str:
     return DEFAULT_CORPUS_SCOPE if tenant == DEFAULT_TENANT else f"corpus:{valid_tenant(tenant)}"
 
 
+def library_scope(tenant: str) -> str:
+    """The corpus scope of `tenant`'s library: the sources and findings of its finished runs."""
+    return f"library:{valid_tenant(tenant)}"
+
+
+def is_library_scope(scope: str) -> bool:
+    return scope.startswith("library:") and TENANT_PATTERN.match(scope.removeprefix("library:")) is not None
+
+
 def is_document_scope(scope: str) -> bool:
     """Whether `scope` is a tenant's documents (not a run's archive of fetched pages)."""
     return scope == DEFAULT_CORPUS_SCOPE or scope.startswith("corpus:")
@@ -77,3 +86,13 @@ def tenant_directory(tenant: str) -> str:
     """The sub-directory (of reports, artifacts) that holds `tenant`'s files; '' for the default tenant,
     whose files stay where they were before tenants."""
     return "" if tenant == DEFAULT_TENANT else f"tenants/{valid_tenant(tenant)}"
+
+
+# A schedule's id is `<tenant>.sched-<12 hex digits>`, chosen by Cairn: safe to splice into a
+# visibility query (the predecessor of a scheduled run is found by `TemporalScheduledById`) and, like
+# a run id, naming its tenant (who may see it is decided by its CairnTenant search attribute).
+SCHEDULE_ID_PATTERN: Final = re.compile(r"^([a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?)\.sched-[0-9a-f]{12}$")
+
+
+def is_schedule_id(value: str) -> bool:
+    return isinstance(value, str) and SCHEDULE_ID_PATTERN.match(value) is not None

@@ -94,6 +94,15 @@ async def _scenarios(cairn: CairnClient, llm: ScriptedLLM) -> dict[str, str]:
     ids["research_retries"] = wid
     ids["step"] = f"{wid}/s1"
 
+    # A follow-up (living research): it reads the run it follows (runs.predecessor), plans from its
+    # findings, searches the library, ends its report with what changed, and joins the library
+    # (workflow.patched("tenant-library")).
+    wid = await cairn.start(
+        "Recorded follow-up [steps=1]", auto_approve=True, follows=wid, workflow_id="research_followup"
+    )
+    await cairn.result(wid)
+    ids["research_followup"] = wid
+
     # A coding step: a program that fails once, is fixed by the model, and runs in the real sandbox.
     llm.answer_next(json.dumps({"steps": [{"title": "Compute squares", "kind": "code"}]}), role="planner")
     llm.answer_next("```python\nraise SystemExit(2)\n```", role="coder")
@@ -125,6 +134,7 @@ async def _scenarios(cairn: CairnClient, llm: ScriptedLLM) -> dict[str, str]:
     wid = await cairn.start(
         "Recorded clarified run [ambiguous] [steps=1]",
         auto_approve=True,
+        clarify="always",
         max_plan_iterations=0,
         workflow_id="research_clarified",
     )

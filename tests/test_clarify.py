@@ -39,7 +39,7 @@ async def wait_phase(cairn: CairnClient, wid: str, phase: str, seconds: float = 
 async def test_an_ambiguous_question_waits_for_an_answer_that_shapes_the_plan_and_report(
     cairn: CairnClient, llm: ScriptedLLM
 ) -> None:
-    wid = await cairn.start(AMBIGUOUS, auto_approve=True, max_plan_iterations=0)
+    wid = await cairn.start(AMBIGUOUS, max_plan_iterations=0)
     await wait_phase(cairn, wid, "clarifying")
     status = await cairn.status(wid)
     assert status.clarification is not None and status.plan is None
@@ -62,6 +62,8 @@ async def test_an_ambiguous_question_waits_for_an_answer_that_shapes_the_plan_an
     with pytest.raises(CairnError, match="no clarifying question awaits an answer"):
         await cairn.answer(wid, "again")
 
+    await wait_phase(cairn, wid, "awaiting_approval")
+    await cairn.approve(wid)
     result = await cairn.result(wid)
     assert result.plan is not None
     assert result.plan.steps[0].title == "Focus on Grid storage in Europe, this decade"
@@ -84,13 +86,20 @@ async def test_an_ambiguous_question_waits_for_an_answer_that_shapes_the_plan_an
 async def test_a_clear_question_plans_at_once_and_never_asks_nothing(
     cairn: CairnClient, llm: ScriptedLLM
 ) -> None:
-    clear = await cairn.start("How do glaciers move? [steps=1]", auto_approve=True, max_plan_iterations=0)
+    clear = await cairn.start("How do glaciers move? [steps=1]", max_plan_iterations=0)
+    await wait_phase(cairn, clear, "awaiting_approval")
+    assert llm.calls("clarifier") == 1  # Asked, and the planner had no question.
+    await cairn.approve(clear)
     result = await cairn.result(clear)
-    assert llm.calls("clarifier") == 1 and "## Method" not in result.report
+    assert "## Method" not in result.report
 
     never = await cairn.start(AMBIGUOUS, auto_approve=True, max_plan_iterations=0, clarify="never")
     result = await cairn.result(never)
     assert llm.calls("clarifier") == 1 and "## Method" not in result.report
+    # An auto-approved run has nobody waiting to answer: "auto" does not ask, however ambiguous.
+    unattended = await cairn.start(AMBIGUOUS, auto_approve=True, max_plan_iterations=0)
+    result = await cairn.result(unattended)
+    assert llm.calls("clarifier") == 1 and not result.aborted and "## Method" not in result.report
 
     always = await cairn.start(AMBIGUOUS, auto_approve=True, max_plan_iterations=0, clarify="always")
     await wait_phase(cairn, always, "clarifying")
@@ -106,7 +115,7 @@ async def test_unanswered_questions_follow_the_approval_timeout_policy(
     cairn: CairnClient, policy: str
 ) -> None:
     wid = await cairn.start(
-        AMBIGUOUS, max_plan_iterations=0, auto_approve=True, approval_timeout_seconds=1.5,
+        AMBIGUOUS, max_plan_iterations=0, auto_approve=True, clarify="always", approval_timeout_seconds=1.5,
         on_approval_timeout=policy,
     )  # fmt: skip
     result = await cairn.result(wid)

@@ -19,8 +19,8 @@ async def test_research_wait_json_prints_the_result(env: dict[str, str]) -> None
     result = json.loads(out)
     assert result["workflow_id"].startswith("research-")
     assert result["report"].startswith("# Report: CLI question")
-    # clarifying check, plan, review, report, and three calls per research step (two turns and the finding)
-    assert result["usage"]["llm_calls"] == 10 and result["aborted"] is False
+    # plan, review, report, and three calls per research step (two turns and the finding)
+    assert result["usage"]["llm_calls"] == 9 and result["aborted"] is False
 
 
 async def test_approve_edit_status_report_list_by_cli(

@@ -132,10 +132,10 @@ async def test_summaries_name_each_activity_and_step(cairn: CairnClient) -> None
         return [converter.from_payload(e.user_metadata.summary, str) for e in events_of(hist, event_type)]
 
     assert summaries(parent, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == [
-        "clarifying questions",
         "plan v1",
         "write report",
         "save report",
+        "add to the library",
     ]
     children = summaries(parent, EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED)
     assert sorted(children) == [
@@ -171,11 +171,11 @@ async def test_logs_name_workflow_and_activity_and_stay_quiet_on_replay(
         for r in caplog.records
         if getattr(r, "temporal_activity", {}).get("workflow_id", "").startswith(wid)
     ]
-    # the clarifying check, plan v1, its re-ask and the report; the step's three calls (in the child
-    # workflow wid/s1) are the researcher graph's model and finding nodes.
-    assert len([a for a in from_activities if a["activity_type"] == LLM_CHAT]) == 4
+    # plan v1, its re-ask and the report; the step's three calls (in the child workflow wid/s1) are
+    # the researcher graph's model and finding nodes.
+    assert len([a for a in from_activities if a["activity_type"] == LLM_CHAT]) == 3
     graph_calls = [
         a for a in from_activities if a["activity_type"] in ("researcher.model", "researcher.finding")
     ]
-    assert len(graph_calls) == 3 and llm.calls() == 7
+    assert len(graph_calls) == 3 and llm.calls() == 6
     assert all(a["workflow_run_id"] and a["activity_id"] for a in from_activities)

@@ -20,7 +20,7 @@ from worker import build_worker
 
 async def test_rate_limit_is_retried_after_retry_after(cairn: CairnClient, llm: ScriptedLLM) -> None:
     llm.fail_next(429, role="planner", retry_after=1)
-    wid = await cairn.start("Rate limited question [steps=1]", auto_approve=True, clarify="never")
+    wid = await cairn.start("Rate limited question [steps=1]", auto_approve=True)
     result = await cairn.result(wid)
     assert not result.aborted
     assert llm.calls("planner", status=429) == 1 and llm.calls("planner", status=200) == 1
@@ -121,7 +121,6 @@ async def test_each_role_uses_its_configured_model(
     models = {(r.role, r.model) for r in llm.requests}
     assert models == {
         ("planner", "planner-model"),
-        ("clarifier", "planner-model"),  # the planner's clarifying check
         ("reviewer", "planner-model"),
         ("researcher", "base-model"),
         ("finding", "base-model"),  # the researcher writing up its step

@@ -64,7 +64,7 @@ async def test_counters_match_the_run(
     # LLM calls run on the LLM queue (worker.py), and their metrics carry its name.
     llm_queue = {"task_queue": llm_task_queue(task_queue)}
     ok_calls = total(samples, METRIC_LLM_CALLS, outcome="ok", **llm_queue)
-    assert ok_calls == llm.calls(status=200) == result.usage.llm_calls == 6  # with the clarifying check
+    assert ok_calls == llm.calls(status=200) == result.usage.llm_calls == 5
     assert total(samples, METRIC_LLM_CALLS, outcome=errors.LLM_SERVER, role="reporter", **llm_queue) == 1
     assert total(samples, METRIC_LLM_CALLS, role="coder", model="gpt-4o-mini", **llm_queue) == 3
     assert total(samples, METRIC_LLM_INPUT_TOKENS, **llm_queue) == result.usage.input_tokens

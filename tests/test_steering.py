@@ -91,7 +91,7 @@ async def test_a_reached_budget_pauses_until_raised(cairn: CairnClient, llm: Scr
     assert status.budget.reached and "token budget" in status.budget.reached
     assert status.budget.tokens_spent > 50 and status.budget.tokens_remaining == 0
     assert status.waiting_for and "raise_budget" in status.waiting_for
-    assert llm.calls() == 2  # The clarifying check and the plan; no step started.
+    assert llm.calls() == 1  # The plan; no step started.
     with pytest.raises(CairnError, match="not above"):
         await cairn.raise_budget(wid, token_budget=10)  # Refused by the validator: still reached.
     raised = await cairn.raise_budget(wid, token_budget=1_000_000)
@@ -186,10 +186,9 @@ async def test_a_long_run_continues_as_new_without_repeating_work(
     assert versions == sorted(versions) and versions[-1] == result.plan.version  # type: ignore[union-attr]
     assert sum(1 for _, e in live if e["type"] == "step_finished") == 4
     assert [s.status for s in result.plan.steps] == ["done"] * 4  # type: ignore[union-attr]
-    # Exactly the calls of a run that never continued: the clarifying check, plan, two reviews, the
-    # report, and three per step (two researcher turns and the finding) for four steps. None was made
-    # twice.
-    assert llm.calls() == 5 + 4 * 3
+    # Exactly the calls of a run that never continued: plan, two reviews, the report, and three per
+    # step (two researcher turns and the finding) for four steps. None was made twice.
+    assert llm.calls() == 4 + 4 * 3
     assert llm.calls("finding") == 4
     described = await client.get_workflow_handle(wid).describe()
     first_run = described.raw_description.workflow_execution_info.first_run_id

@@ -181,7 +181,7 @@ async def test_a_configured_mode_the_server_refuses_fails_clearly(
         cairn,
         llm,
     ):
-        wid = await cairn.start("Insisting on schemas", auto_approve=True, clarify="never")
+        wid = await cairn.start("Insisting on schemas", auto_approve=True)
         with pytest.raises(CairnError, match=r"planning.*400.*response_format"):
             await cairn.result(wid)
     assert llm.calls("planner") == 1  # A bad request is not retried.

@@ -101,12 +101,12 @@ async def test_one_trace_per_run_with_genai_spans_and_no_replay_duplicates(
     assert_connected(trace)
     names = Counter(s.name for s in trace)
     calls = llm.calls()
-    # the clarifying check, plan and report through llm.chat; per step, two researcher turns and the
-    # finding through the researcher graph's model and finding nodes.
-    assert calls == result.usage.llm_calls == 9
+    # plan and report through llm.chat; per step, two researcher turns and the finding through the
+    # researcher graph's model and finding nodes.
+    assert calls == result.usage.llm_calls == 8
     assert names["RunWorkflow:ResearchWorkflow"] == 1
     assert names["StartChildWorkflow:ResearcherWorkflow"] == names["RunWorkflow:ResearcherWorkflow"] == 2
-    assert names["StartActivity:llm.chat"] == names["RunActivity:llm.chat"] == 3
+    assert names["StartActivity:llm.chat"] == names["RunActivity:llm.chat"] == 2
     graph_llm = names["RunActivity:researcher.model"] + names["RunActivity:researcher.finding"]
     assert graph_llm == 6 and names["RunActivity:researcher.corpus_search"] == 2
     assert names["chat gpt-4o-mini"] == calls
@@ -184,7 +184,7 @@ async def test_env_configured_worker_and_cli_share_one_trace(
         calls = sum(
             v for name, labels, v in metrics if name == "cairn_llm_calls" and labels["outcome"] == "ok"
         )
-        assert calls == llm.calls() == 6  # clarifying check, plan, report, the step's turns and finding
+        assert calls == llm.calls() == 5  # plan, report, and the step's two turns and finding
     finally:
         worker.send_signal(signal.SIGTERM)  # A graceful stop exports the spans still queued.
         code = await asyncio.wait_for(worker.wait(), 60)
@@ -198,7 +198,7 @@ async def test_env_configured_worker_and_cli_share_one_trace(
     services = {s.name: s.resource["service.name"] for s in trace}
     assert services["StartWorkflow:ResearchWorkflow"] == "cairn-cli"
     assert services["RunWorkflow:ResearchWorkflow"] == services["chat gpt-4o-mini"] == "cairn-worker"
-    assert Counter(s.name for s in trace)["chat gpt-4o-mini"] == 6
+    assert Counter(s.name for s in trace)["chat gpt-4o-mini"] == 5
     assert_nothing_secret(receiver.received())
     assert os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") is None  # The test process traced nothing.
 
@@ -248,5 +248,5 @@ async def test_a_run_started_with_the_temporal_cli_is_one_trace(
     assert {s.parent_span_id for s in spans if s.parent_span_id not in ids} == {runs[0].parent_span_id}
     names = Counter(s.name for s in spans)
     assert names["RunWorkflow:ResearcherWorkflow"] == 2
-    assert names["chat gpt-4o-mini"] == llm.calls() == 9
+    assert names["chat gpt-4o-mini"] == llm.calls() == 8
     assert names["RunActivity:report.save"] == 1

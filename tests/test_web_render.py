@@ -8,7 +8,7 @@ from lxml.html import fromstring
 from starlette.datastructures import FormData, UploadFile
 
 from client.web import plan_editor
-from client.web.render import render_report, safe_url
+from client.web.render import render_report, safe_url, source_href
 from common.models import Source
 from workflows.reporting import artifacts_section, sources_section
 
@@ -80,6 +80,24 @@ def _form(rows: list[tuple[str, str]], op: str) -> FormData:
     for i, (step_id, title) in enumerate(rows):
         fields += [(f"id_{i}", step_id), (f"title_{i}", title), (f"kind_{i}", "research")]
     return FormData(fields)
+
+
+def test_each_source_opens_where_it_came_from() -> None:
+    def href(**fields: str) -> str | None:
+        return source_href(Source(id="1", **fields))
+
+    assert href(url="https://example.org/a?b=1", via="fetched") == "https://example.org/a?b=1"
+    assert href(url="javascript:alert(1)", via="fetched") is None
+    # One of the tenant's documents: its page here, the path quoted whole (a '&' or '#' stays in it).
+    assert (
+        href(path="upload:notes & plans#2.md", via="corpus")
+        == "/documents?path=upload%3Anotes%20%26%20plans%232.md"
+    )
+    # A finding from the library: the earlier run that found it; another library path: nowhere.
+    assert href(path="finding:acme.research-1a2b/s2", via="library") == "/runs/acme.research-1a2b"
+    assert href(path="finding:", via="library") is None
+    assert href(path="upload:notes.md", via="library") is None
+    assert href(url="https://example.org/old", via="library") == "https://example.org/old"
 
 
 def test_the_plan_editor_moves_deletes_and_adds_without_losing_what_was_typed() -> None:

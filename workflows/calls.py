@@ -22,13 +22,24 @@ with workflow.unsafe.imports_passed_through():
         ChatMessage,
         ChatRequest,
         ChatResponse,
+        LibraryAdd,
+        LibraryAdded,
+        PredecessorRequest,
+        PriorRun,
         Role,
         SavedReport,
         SaveReport,
         StructuredOutput,
         Usage,
     )
-    from common.names import LLM_CHAT, REPORT_SAVE, SANDBOX_EXEC, llm_task_queue
+    from common.names import (
+        LIBRARY_ADD,
+        LLM_CHAT,
+        REPORT_SAVE,
+        RUNS_PREDECESSOR,
+        SANDBOX_EXEC,
+        llm_task_queue,
+    )
     from common.sandbox_models import ExecRequest, ExecResult
     from common.structured import output_spec, validated
 
@@ -81,6 +92,9 @@ SANDBOX_RETRY = RetryPolicy(
 )
 REPORT_SAVE_START_TO_CLOSE = timedelta(seconds=30)
 REPORT_SAVE_RETRY = RetryPolicy(maximum_attempts=5)
+# Reading a predecessor is a few visibility and history reads; a missing or foreign run is final.
+PREDECESSOR_START_TO_CLOSE = timedelta(seconds=60)
+PREDECESSOR_RETRY = RetryPolicy(maximum_attempts=5, non_retryable_error_types=[errors.INVALID_INPUT])
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -161,6 +175,38 @@ async def save_report(markdown: str, tenant: str) -> SavedReport:
         start_to_close_timeout=REPORT_SAVE_START_TO_CLOSE,
         retry_policy=REPORT_SAVE_RETRY,
         summary="save report",
+    )
+
+
+async def find_predecessor(request: PredecessorRequest) -> PriorRun | None:
+    """The `runs.predecessor` activity: the run this one follows up, or its schedule's previous
+    completed run; None when a scheduled run has none yet (its first)."""
+    found: PriorRun | None = await workflow.execute_activity(
+        RUNS_PREDECESSOR,
+        request,
+        result_type=PriorRun | None,  # type: ignore[arg-type]
+        start_to_close_timeout=PREDECESSOR_START_TO_CLOSE,
+        retry_policy=PREDECESSOR_RETRY,
+        summary="read the earlier run",
+    )
+    return found
+
+
+# Copying a run's archive into the library reads and indexes every page it read: seconds, heartbeating.
+LIBRARY_ADD_START_TO_CLOSE = timedelta(minutes=5)
+LIBRARY_ADD_RETRY = RetryPolicy(maximum_attempts=5, non_retryable_error_types=[errors.INVALID_INPUT])
+
+
+async def add_to_library(request: LibraryAdd) -> LibraryAdded:
+    """The `library.add` activity: the run's archive and findings join its tenant's library."""
+    return await workflow.execute_activity(
+        LIBRARY_ADD,
+        request,
+        result_type=LibraryAdded,
+        start_to_close_timeout=LIBRARY_ADD_START_TO_CLOSE,
+        heartbeat_timeout=timedelta(seconds=30),
+        retry_policy=LIBRARY_ADD_RETRY,
+        summary="add to the library",
     )
 
 

@@ -2,8 +2,8 @@
 
 Why this exists: an ambiguous question ("the best battery?": for a phone, a car, the grid?) makes a plan
 that answers the wrong thing, and money is spent before anyone notices. With `clarify` "auto" (the
-default) the planner asks only when it judges the question ambiguous; "always" makes it ask at least
-one; "never" skips the call. The run then waits in phase `clarifying` for the `answer_clarification`
+default) the planner asks only when it judges the question ambiguous, and not at all for an
+auto-approved run (nobody waits to answer); "always" makes it ask at least one; "never" skips the call. The run then waits in phase `clarifying` for the `answer_clarification`
 update, under the approval timeout and its policy (plan without answers, or abort). The questions and
 the answer go into the planner's context and into the report's Method section.
 
@@ -32,6 +32,13 @@ PATCH_CLARIFY = "clarify-before-planning"
 class Clarifier:
     def __init__(self, carried: Clarification | None = None) -> None:
         self.clarification = carried
+
+    @staticmethod
+    def wanted(request: ResearchInput) -> bool:
+        """Whether to ask at all: "always" does; "auto" does unless the run is auto-approved, because a
+        person who said not to wait for them is not there to answer (and runs scripted that way before
+        clarifying questions existed must not start waiting); "never" does not."""
+        return request.clarify == "always" or (request.clarify == "auto" and not request.auto_approve)
 
     async def ask(self, request: ResearchInput, usage: Usage) -> list[str]:
         """The planner's questions about `request`'s question: none when it finds it clear."""

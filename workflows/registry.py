@@ -5,5 +5,6 @@ from workflows.coder import CoderWorkflow
 from workflows.legacy_step import StepWorkflow
 from workflows.research import ResearchWorkflow
 from workflows.researcher.workflow import ResearcherWorkflow
+from workflows.retention import RetentionWorkflow
 
-WORKFLOWS = (ResearchWorkflow, StepWorkflow, CoderWorkflow, ResearcherWorkflow)
+WORKFLOWS = (ResearchWorkflow, StepWorkflow, CoderWorkflow, ResearcherWorkflow, RetentionWorkflow)

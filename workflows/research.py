@@ -33,9 +33,12 @@ with workflow.unsafe.imports_passed_through():
         Clarification,
         EditPlan,
         Finding,
+        LibraryAdd,
         Phase,
         Plan,
         PlanStep,
+        PredecessorRequest,
+        PriorRun,
         RaiseBudget,
         RequestChanges,
         ResearchInput,
@@ -62,9 +65,16 @@ with workflow.unsafe.imports_passed_through():
         UPDATE_RAISE_BUDGET,
     )
     from common.structured import DraftStep, plan_model, review_model
-    from workflows import budget, prompts, reporting
+    from workflows import budget, living, prompts, reporting
     from workflows.budget import Budget
-    from workflows.calls import WORKFLOW_TASK_TIMEOUT, chat, chat_structured, save_report
+    from workflows.calls import (
+        WORKFLOW_TASK_TIMEOUT,
+        add_to_library,
+        chat,
+        chat_structured,
+        find_predecessor,
+        save_report,
+    )
     from workflows.clarify import PATCH_CLARIFY, Clarifier
     from workflows.details import render_details
     from workflows.event_log import RunEvents
@@ -80,6 +90,7 @@ PHASE_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTR_PHASE)
 PATCH_RESEARCHER_AGENT = "researcher-agent"
 PATCH_ABORT_CANCELS_STEPS = "abort-cancels-steps"
 PATCH_HAND_OVER_WHILE_AWAITING = "hand-over-while-awaiting-approval"
+PATCH_LIBRARY = "tenant-library"
 
 
 class _Aborted(Exception):
@@ -145,6 +156,8 @@ class ResearchWorkflow:
         # Runs started without it (older runs, `temporal workflow start`) make no upserts at all, so
         # their histories replay unchanged.
         self._indexed_phase: str | None = workflow.info().typed_search_attributes.get(PHASE_KEY)
+        # The run this one builds on (a follow-up's or a scheduled run's predecessor), once found.
+        self._prior: PriorRun | None = carried.prior if carried else None
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -165,6 +178,7 @@ class ResearchWorkflow:
                 non_retryable=True,
             ) from err
         self._report_path = (await save_report(report, self._input.tenant)).path
+        library_error = await self._join_library()
         self._set_phase("aborted" if self._abort else "done")
         if self._abort:
             self._events.finish("aborted", self._usage, self._abort.reason)
@@ -181,7 +195,36 @@ class ResearchWorkflow:
             abort_reason=self._abort.reason if self._abort else None,
             report_path=self._report_path,
             plan=self._book.plan,
+            findings=self._book.ordered_findings(),
+            library_error=library_error,
         )
+
+    async def _join_library(self) -> str | None:
+        """The finished run's archive and findings join its tenant's library (activities/library.py),
+        for later runs to search. The report is written already, so a failure here is recorded in the
+        result and logged, not turned into a failed run. Runs from before the library replay without it."""
+        if not workflow.patched(PATCH_LIBRARY):
+            return None
+        try:
+            await add_to_library(
+                LibraryAdd(
+                    workflow_id=workflow.info().workflow_id,
+                    tenant=self._input.tenant,
+                    question=self._input.question,
+                    findings=self._book.ordered_findings(),
+                )
+            )
+        except FailureError as err:
+            workflow.logger.warning("the run's findings could not join the library: %s", err)
+            return _root_message(err)[:500]
+        return None
+
+    def _uses_library(self) -> bool:
+        """The researcher searches the tenant's library when asked, and by default for runs that build
+        on another (follow-ups and scheduled runs)."""
+        if self._input.library is not None:
+            return self._input.library
+        return bool(self._input.follows or self._input.schedule_id)
 
     async def _release_watchers(self) -> None:
         """Hand the waiting stream subscribers what they have not read (the last event included) and
@@ -218,13 +261,31 @@ class ResearchWorkflow:
                 self._failed_while = "planning"
                 self._publish()  # The run's first event: it is planning.
                 await self._unless_aborted(self._within_budget())
-                if self._input.clarify != "never" and workflow.patched(PATCH_CLARIFY):
+                # Only runs that follow another or come from a schedule look one up (an activity), so
+                # histories of every other run replay unchanged.
+                if self._input.follows or self._input.schedule_id:
+                    self._failed_while = "reading the earlier run"
+                    self._prior = await self._unless_aborted(
+                        find_predecessor(
+                            PredecessorRequest(
+                                workflow_id=workflow.info().workflow_id,
+                                tenant=self._input.tenant,
+                                follows=self._input.follows,
+                                schedule_id=self._input.schedule_id,
+                            )
+                        )
+                    )
+                    self._failed_while = "planning"
+                if self._clarifier.wanted(self._input) and workflow.patched(PATCH_CLARIFY):
                     await self._clarify()
                 draft = await self._unless_aborted(
                     chat_structured(
                         "planner",
-                        prompts.plan_messages(
-                            self._input.question, self._input.max_steps, self._clarifier.clarification
+                        living.with_prior(
+                            prompts.plan_messages(
+                                self._input.question, self._input.max_steps, self._clarifier.clarification
+                            ),
+                            self._prior,
                         ),
                         plan_model(self._input.max_steps),
                         name="plan",
@@ -333,12 +394,15 @@ class ResearchWorkflow:
                 draft = await self._unless_aborted(
                     chat_structured(
                         "planner",
-                        prompts.revise_messages(
-                            self._input.question,
-                            self._book.plan,
-                            changes.feedback,
-                            self._input.max_steps,
-                            self._clarifier.clarification,
+                        living.with_prior(
+                            prompts.revise_messages(
+                                self._input.question,
+                                self._book.plan,
+                                changes.feedback,
+                                self._input.max_steps,
+                                self._clarifier.clarification,
+                            ),
+                            self._prior,
                         ),
                         plan_model(self._input.max_steps, self._book.step_ids()),
                         name="plan",
@@ -399,6 +463,7 @@ class ResearchWorkflow:
                         context_tokens=self._input.researcher_context_tokens,
                         tenant=self._input.tenant,
                         domains=self._input.domains,
+                        library=self._uses_library(),
                     ),
                     id=f"{workflow.info().workflow_id}/{step.id}",
                     result_type=Finding,
@@ -492,6 +557,7 @@ class ResearchWorkflow:
             awaiting_since=awaiting_since.isoformat() if awaiting_since else None,
             stream=self._stream.get_state(),
             clarification=self._clarifier.clarification,
+            prior=self._prior,
         )
         workflow.logger.info("continuing as new (history is long): run %d", carried.continued + 1)
         workflow.continue_as_new(self._input.model_copy(update={"carried": carried}))
@@ -543,6 +609,7 @@ class ResearchWorkflow:
             + reporting.budget_section(self._finished_by_budget)
             + reporting.sources_section(sources)
             + reporting.unfinished_section(self._book.plan)
+            + (living.what_changed_section(self._prior, findings) if self._prior else "")
         )
 
     async def _unless_aborted(self, work: Awaitable[T]) -> T:

@@ -276,6 +276,17 @@ class PostgresCorpus(Corpus):
 
         return await self._run(work)
 
+    async def scopes(self, prefix: str) -> list[str]:
+        async def work(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+            cur = await conn.execute(
+                "SELECT scope FROM cairn_corpus_scopes WHERE left(scope, %(n)s) = %(p)s "
+                "UNION SELECT scope FROM cairn_corpus_documents WHERE left(scope, %(n)s) = %(p)s ORDER BY 1",
+                {"n": len(prefix), "p": prefix},
+            )
+            return [str(r[0]) for r in await cur.fetchall()]
+
+        return await self._run(work)
+
     async def documents(self, scope: str = "corpus") -> int:
         async def work(conn: psycopg.AsyncConnection[Any]) -> int:
             cur = await conn.execute("SELECT count(*) FROM cairn_corpus_documents WHERE scope = %s", (scope,))

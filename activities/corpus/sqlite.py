@@ -211,6 +211,17 @@ class SQLiteCorpus(Corpus):
 
         return await self._call(work)
 
+    async def scopes(self, prefix: str) -> list[str]:
+        def work(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT scope FROM scopes WHERE substr(scope, 1, ?) = ? "
+                "UNION SELECT scope FROM documents WHERE substr(scope, 1, ?) = ? ORDER BY 1",
+                (len(prefix), prefix, len(prefix), prefix),
+            ).fetchall()
+            return [str(r[0]) for r in rows]
+
+        return await self._call(work)
+
     async def documents(self, scope: str = "corpus") -> int:
         def work(conn: sqlite3.Connection) -> int:
             return int(conn.execute("SELECT count(*) FROM documents WHERE scope = ?", (scope,)).fetchone()[0])

@@ -97,6 +97,25 @@ class Corpus(ABC):
         half of an old version and half of a new one); None when `scope` has no such document."""
         return await self._read(scope, path)
 
+    async def read_text(self, scope: str, path: str) -> str | None:
+        """The full text of document `path` of `scope` as it was indexed (its passages put back at
+        their offsets, the whitespace between them a paragraph break), or None when there is none."""
+        stored = await self.read_document(scope, path)
+        if stored is None or not stored.passages:
+            return None
+        parts: list[str] = []
+        end = 0
+        for piece in stored.passages:
+            if parts and piece.char_offset > end:
+                parts.append("\n\n")
+            parts.append(piece.text)
+            end = piece.char_offset + len(piece.text)
+        return "".join(parts)
+
+    @abstractmethod
+    async def scopes(self, prefix: str) -> list[str]:
+        """Every scope whose name starts with `prefix` (a tenant's run archives: `run:<tenant>.`)."""
+
     @abstractmethod
     async def _store(
         self, scope: str, path: str, title: str, digest: str, pieces: list[tuple[int, str]]

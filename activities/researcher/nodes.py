@@ -35,7 +35,7 @@ from common import errors
 from common.domains import DomainPolicy
 from common.names import TOOL_CORPUS_SEARCH, TOOL_FETCH_URL, TOOL_RECALL, TOOL_WEB_SEARCH
 from common.structured import finding_model, output_spec
-from common.tenancy import DEFAULT_CORPUS_SCOPE, DEFAULT_TENANT, is_document_scope
+from common.tenancy import DEFAULT_CORPUS_SCOPE, DEFAULT_TENANT, is_document_scope, is_library_scope
 from workflows.calls import TOOL_ATTEMPTS
 from workflows.prompts import finding_messages
 from workflows.researcher.graph import ResearcherState, ToolTask, tool_answer
@@ -221,11 +221,22 @@ class ResearcherNodes:
     async def _passages(self, task: ToolTask, scope: str) -> dict[str, Any]:
         query = _arg(task, "query")
         found = await self._corpus.search(query, limit=PASSAGES_PER_SEARCH, scope=scope) if scope else []
+        passages = [p.model_dump() for p in found]
+        library = task.get("library") or ""
+        if library:
+            if not is_library_scope(library):  # Only the workflow writes it, from the run's tenant.
+                raise ApplicationError(
+                    f"a tool task was given {library[:80]!r}, which is not a tenant's library",
+                    type=errors.INVALID_INPUT,
+                    non_retryable=True,
+                )
+            shelved = await self._corpus.search(query, limit=PASSAGES_PER_SEARCH, scope=library)
+            passages += [{**p.model_dump(), "library": True} for p in shelved]
         return {
             "kind": "passages",
             "query": query,
             "archive": not is_document_scope(scope),
-            "passages": [p.model_dump() for p in found],
+            "passages": passages,
         }
 
 

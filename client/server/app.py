@@ -385,6 +385,14 @@ def create_app(config: ServerConfig | None = None, services: Services | None = N
     app.include_router(routes.runs, prefix="/v1")
     app.include_router(routes.documents, prefix="/v1")
     app.include_router(routes.keys, prefix="/v1")
+    from client.server import living_routes
+
+    app.include_router(living_routes.schedules, prefix="/v1")
+    app.include_router(living_routes.followups, prefix="/v1")
+    app.include_router(living_routes.library, prefix="/v1")
+    from client.server import tenant_routes
+
+    app.include_router(tenant_routes.tenant, prefix="/v1")
     from client.web import pages
 
     pages.install(app)

@@ -11,6 +11,7 @@ Read once at start-up from the TOML file named by CAIRN_TENANTS_FILE (docs/opera
     requests_per_minute = 600 # per API key or token subject; 0 is no limit
     allow_domains = []        # the only web domains its runs may search and read (common/domains.py)
     block_domains = []        # web domains its runs may never search or read
+    retention_days = 30       # closed runs' payloads, archives, reports and artifacts are kept this long
 
     [tenants.acme]
     weight = 3.0
@@ -57,6 +58,9 @@ class TenantPolicy(BaseModel):
 
     def domains(self) -> DomainList:
         return DomainList(allow=self.allow_domains, block=self.block_domains)
+
+    # Days a closed run's leftovers (payloads, archive, report, artifacts) are kept (activities/retention.py).
+    retention_days: float = Field(default=30.0, gt=0, le=36600)
 
 
 @dataclass(frozen=True)

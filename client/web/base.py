@@ -28,10 +28,12 @@ from client.server.app import Services, secure_request, services_of
 from client.server.auth import Action, allows
 from client.server.problems import Problem, from_cairn_error, problem_response
 from client.server.sessions import Session, cookie_name
+from client.web.render import source_href
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.autoescape = True
+templates.env.globals["source_href"] = source_href
 LOGIN_COOKIE: Final = "cairn_oidc_state"
 _API_PREFIXES: Final = ("/v1/", "/healthz", "/readyz", "/openapi.json", "/docs")
 _REFUSALS: Final = {

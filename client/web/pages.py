@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 from typing import Annotated, Any, cast, get_args
-from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.responses import Response
@@ -35,7 +34,7 @@ from client.server.sessions import Session
 from client.web import plan_editor, signin
 from client.web.base import HERE, checked_form, install_errors, page, see_other, services, signed_in
 from client.web.export import FORMATS, ExportFormat
-from client.web.render import render_report, safe_url
+from client.web.render import render_report, source_href
 from common.models import (
     AddStep,
     AnswerClarification,
@@ -194,10 +193,7 @@ def _sources_so_far(svc: Services, run_id: str) -> list[dict[str, str | None]]:
             source = Source.model_validate(raw)
             key = source.url or source.path or source.title
             if key and key not in seen:
-                href = safe_url(source.url) or (
-                    f"/documents?path={quote(source.path)}" if source.path else None
-                )
-                seen[key] = {"key": key, "title": source.title or key, "href": href}
+                seen[key] = {"key": key, "title": source.title or key, "href": source_href(source)}
     return list(seen.values())
 
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import quote
 
 import nh3
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+from activities.library import FINDING_PREFIX
 from common.models import Source
 
 _TAGS: Final = {
@@ -61,6 +63,20 @@ class RenderedReport:
 def safe_url(url: str | None) -> str | None:
     """`url` when it is a plain http(s) URL a link may point at, else None."""
     return url if url and len(url) <= 2000 and _SAFE_URL.match(url) else None
+
+
+def source_href(source: Source) -> str | None:
+    """Where a source opens: a web page at its URL; one of the tenant's documents at its page here; a
+    finding from the tenant's library at the earlier run that found it; else nowhere."""
+    url = safe_url(source.url)
+    if url or not source.path:
+        return url
+    if source.via != "library":
+        return f"/documents?path={quote(source.path, safe='')}"
+    if source.path.startswith(FINDING_PREFIX):
+        run_id = source.path[len(FINDING_PREFIX) :].split("/", 1)[0]
+        return f"/runs/{quote(run_id, safe='')}" if run_id else None
+    return None
 
 
 def _cut_section(markdown: str, heading: str) -> tuple[str, str]:

@@ -99,6 +99,9 @@ class ResearcherState(TypedDict, total=False):
     # The run's domain policy (common/domains.py DomainPolicy as JSON); absent or None: no policy.
     domains: dict[str, Any] | None
     tenant: str  # whose run: which of the operator's MCP servers it may use (absent: the default tenant)
+    # The tenant's library (its finished runs' sources and findings), searched beside the documents
+    # by corpus_search and beside the archive by recall; "" or absent: not searched.
+    library: str
     turn: int
     finding: dict[str, Any] | None
     finding_error: str
@@ -112,6 +115,7 @@ class ToolTask(TypedDict, total=False):
     corpus: str  # the tenant's documents: where corpus_search searches; absent means "corpus"
     domains: dict[str, Any] | None  # the run's domain policy, which web_search and fetch_url apply
     tenant: str  # whose run, for the MCP servers enabled for it
+    library: str  # the tenant's library, searched too when present
     refusal: str
     refusal_type: str  # the typed error the model reads for a refused call
 
@@ -175,6 +179,8 @@ async def after_model(state: ResearcherState) -> Any:
             refusal=refusal,
             refusal_type=kind,
         )
+        if state.get("library"):  # Only then: tasks of runs without it stay exactly as they were.
+            task["library"] = state["library"]
         sends.append(Send(target, task))
     return sends
 

@@ -119,15 +119,23 @@ def render(result: dict[str, Any], book: SourceBook, cap_chars: int) -> tuple[st
         archive = result.get("archive", False)
         lines, ids = [], []
         for p in result.get("passages", []):
-            if archive:
+            shelved = bool(p.get("library"))
+            if shelved and str(p["path"]).startswith(("http://", "https://")):
+                sid = book.cite(title=p.get("title", ""), url=p["path"], via="library")
+            elif shelved:
+                sid = book.cite(title=p.get("title", ""), path=p["path"], via="library")
+            elif archive:
                 sid = book.cite(title=p.get("title", ""), url=p["path"], via="fetched")
             else:
                 sid = book.cite(title=p.get("title", ""), path=p["path"], via="corpus")
             ids.append(sid)
+            shelf = ", from the library of earlier runs" if shelved else ""
             lines.append(
-                f"[{sid}] {p.get('title') or p['path']} ({p['path']}, passage {p['position']})\n{p['text']}"
+                f"[{sid}] {p.get('title') or p['path']} ({p['path']}, passage {p['position']}{shelf})\n{p['text']}"
             )
         where = "pages read earlier in this run" if archive else "the user's documents"
+        if any(p.get("library") for p in result.get("passages", [])):
+            where += " and the library of earlier runs"
         if not lines:
             text = f"search of {where} for {result.get('query')!r}: nothing matched."
             return text, text

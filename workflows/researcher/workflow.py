@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
 
     from common.models import Claim, Finding, Source, StepInput, Usage
     from common.names import RESEARCHER_GRAPH, RESEARCHER_WORKFLOW
-    from common.tenancy import corpus_scope
+    from common.tenancy import corpus_scope, library_scope
     from workflows import prompts
     from workflows.inputs import one_input
     from workflows.researcher.graph import (
@@ -50,6 +50,7 @@ class ResearcherWorkflow:
         step = task.step
         try:
             corpus = corpus_scope(task.tenant)  # Pure: the same scope on every replay.
+            library = library_scope(task.tenant) if task.library else ""
         except ValueError as err:
             raise ApplicationError(str(err), type=errors.INVALID_INPUT, non_retryable=True) from None
         limits = Limits(tool_calls=task.tool_calls, tokens=task.tokens, context_tokens=task.context_tokens)
@@ -68,6 +69,7 @@ class ResearcherWorkflow:
             "corpus": corpus,
             "domains": task.domains.model_dump(mode="json") if task.domains else None,
             "tenant": task.tenant,
+            "library": library,
             "turn": 0,
             "finding": None,
             "finding_error": "",

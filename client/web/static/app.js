@@ -87,10 +87,15 @@ function follow(runId) {
     for (const s of list) {
       const key = s.url || s.path || s.title;
       if (!key || sources.has(key)) continue;
-      // A web page opens at its URL (http(s) only); one of the tenant's documents at its page here.
+      // As render.source_href: a web page opens at its URL (http(s) only), one of the tenant's
+      // documents at its page here, a finding from the tenant's library at the run that found it.
       let href = null;
       if (s.url && /^https?:\/\//i.test(s.url)) href = s.url;
-      else if (s.path) href = `/documents?path=${encodeURIComponent(s.path)}`;
+      else if (s.path && s.via !== "library") href = `/documents?path=${encodeURIComponent(s.path)}`;
+      else if (s.path && s.path.startsWith("finding:")) {
+        const run = s.path.slice("finding:".length).split("/")[0];
+        if (run) href = `/runs/${encodeURIComponent(run)}`;
+      }
       sources.set(key, { title: s.title || key, href });
     }
     const ul = document.getElementById("sources");
