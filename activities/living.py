@@ -1,7 +1,8 @@
 """The `runs.predecessor` activity: the earlier run a follow-up or a scheduled run builds on.
 
 A follow-up names its predecessor; a scheduled run's is the most recently completed run its schedule
-started (Temporal records the schedule in each run's `TemporalScheduledById`). The predecessor's
+started (the schedule's own list of its recent runs, then visibility, where Temporal records the
+schedule in each run's `TemporalScheduledById`). The predecessor's
 findings come from its result (`ResearchResult.findings`; a run from before they were kept gives its
 sources alone). The activity uses the worker's own Temporal client, so it holds no credentials.
 
@@ -12,8 +13,10 @@ visibility query anything but a schedule id of the fixed shape (common/tenancy.p
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, WorkflowExecutionStatus
 from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -31,20 +34,47 @@ def _refused(message: str) -> ApplicationError:
 
 
 async def last_completed_run(client: Client, schedule_id: str, exclude: str) -> str | None:
-    """The id of the schedule's most recently closed completed run other than `exclude`."""
+    """The id of the schedule's most recently closed completed run other than `exclude`.
+
+    First from the schedule's own record of the runs it started (its last ten, kept by Temporal with
+    the schedule, so a run that closed a moment ago is there), then from visibility, which lags the
+    close by a moment but reaches runs older than those ten."""
     if not is_schedule_id(schedule_id):
         raise _refused(f"{schedule_id[:80]!r} is not a schedule id")
+    latest: tuple[float, str] | None = None
+
+    def consider(run_id: str, status: WorkflowExecutionStatus | None, closed: datetime | None) -> None:
+        nonlocal latest
+        if run_id == exclude or status != WorkflowExecutionStatus.COMPLETED or closed is None:
+            return
+        if latest is None or closed.timestamp() > latest[0]:
+            latest = (closed.timestamp(), run_id)
+
+    try:
+        described = await client.get_schedule_handle(schedule_id).describe()
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:  # A deleted schedule's runs are still in visibility.
+            raise
+    else:
+        for recent in described.info.recent_actions:
+            action = recent.action
+            if not isinstance(action, ScheduleActionExecutionStartWorkflow) or action.workflow_id == exclude:
+                continue
+            try:
+                run = await client.get_workflow_handle(action.workflow_id).describe()
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:  # Gone past the namespace's retention.
+                    continue
+                raise
+            consider(run.id, run.status, run.close_time)
+    if latest is not None:
+        return latest[1]
     query = (
         f"WorkflowType = '{RESEARCH_WORKFLOW}' AND TemporalScheduledById = '{schedule_id}' "
         "AND ExecutionStatus = 'Completed'"
     )
-    latest: tuple[float, str] | None = None
     async for execution in client.list_workflows(query):
-        if execution.id == exclude or execution.close_time is None:
-            continue
-        moment = execution.close_time.timestamp()
-        if latest is None or moment > latest[0]:
-            latest = (moment, execution.id)
+        consider(execution.id, execution.status, execution.close_time)
     return latest[1] if latest else None
 
 

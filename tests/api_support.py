@@ -16,15 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from temporalio.client import Client
 
+from activities.sandbox import SandboxActivities
 from client.server.auth import Role
 from client.server.keys import KeyStore
 from common.config import LLMLimits
+from common.web_config import FetchConfig, SearchConfig
 from testkit.api_server import ApiServer
 from testkit.dev_server import DevServer
+from testkit.research_site import ResearchSite
 from testkit.scripted_llm import ScriptedLLM
 from tests.conftest import SENTINEL_KEY, cli_env, llm_config
+from tests.sandbox_support import sandbox_test_config
 from worker import build_worker
 
 TENANTS_FILE = """
@@ -114,3 +119,52 @@ async def api_stack(
         llm.stop()
         if os.environ.get("CAIRN_TEST_SHOW_API_LOG"):
             print(api.log())
+
+
+def stack_fixture(name: str, **options: Any) -> Any:
+    """A module-scoped `stack` fixture for a test module: `api_stack` with `options`, in a directory of
+    its own named `name`. A module whose stack needs other fixtures writes its own."""
+
+    @pytest.fixture(scope="module")
+    async def stack(
+        dev_server: DevServer,
+        temporal_client: Client,
+        tmp_path_factory: pytest.TempPathFactory,
+        payload_dir: Path,
+    ) -> AsyncIterator[ApiStack]:
+        async for built in api_stack(
+            dev_server, temporal_client, tmp_path_factory.mktemp(name), payload_dir, **options
+        ):
+            yield built
+
+    return stack
+
+
+async def sandbox_stack(
+    dev_server: DevServer,
+    temporal_client: Client,
+    tmp: Path,
+    payload_dir: Path,
+    site: ResearchSite,
+    **extra_env: str,
+) -> AsyncIterator[ApiStack]:
+    """`api_stack` whose researcher searches and reads the loopback `site` and whose code steps run in
+    the real sandbox, their artifacts kept where the API (the same CAIRN_HOME) serves them from."""
+    sandbox = SandboxActivities(sandbox_test_config(tmp, artifacts_dir=tmp / "home" / "artifacts"))
+    try:
+        async for built in api_stack(
+            dev_server,
+            temporal_client,
+            tmp,
+            payload_dir,
+            llm_limits=None,
+            worker_options={
+                "search": SearchConfig(searxng_url=site.url),
+                "fetch": FetchConfig(allow_private=True),  # The site is on loopback.
+                "sandbox": sandbox,
+            },
+            **extra_env,
+        ):
+            yield built
+    finally:
+        await sandbox.close()

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import WorkflowUpdateFailedError
 
 from client.api import CairnClient, CairnError
 from common.names import UPDATE_ANSWER_CLARIFICATION
-from testkit.dev_server import DevServer
 from testkit.scripted_llm import ScriptedLLM
-from tests.api_support import ApiStack, api_stack
+from tests.api_support import ApiStack, stack_fixture
 from tests.conftest import CAIRN
 from tests.helpers import events_of, history, run
 
@@ -130,17 +128,7 @@ async def test_unanswered_questions_follow_the_approval_timeout_policy(
     assert len(timers) == 1  # A durable timer, not a clock read.
 
 
-@pytest.fixture(scope="module")
-async def stack(
-    dev_server: DevServer,
-    temporal_client: Client,
-    tmp_path_factory: pytest.TempPathFactory,
-    payload_dir: Path,
-) -> AsyncIterator[ApiStack]:
-    async for built in api_stack(
-        dev_server, temporal_client, tmp_path_factory.mktemp("clarify"), payload_dir
-    ):
-        yield built
+stack = stack_fixture("clarify")
 
 
 async def api_phase(http: httpx.AsyncClient, run_id: str, phase: str) -> dict[str, Any]:

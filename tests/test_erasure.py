@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from temporalio.client import Client
 
 from client.purge import executions_query
 from client.server.db import API_DB_FILE
 from common.web_config import SearchConfig
-from testkit.dev_server import DevServer
-from tests.api_support import ApiStack, api_stack
+from tests.api_support import ApiStack, stack_fixture
 from tests.conftest import CAIRN, cli_env
 from tests.helpers import run
 from tests.test_api import problem, wait_phase
@@ -31,21 +28,7 @@ from tests.test_living import DOC_A, QUERY, report_of, upload
 BIG_PLAN = [{"title": f"Step {i}", "description": f"{i} " + "a long description " * 200} for i in range(8)]
 
 
-@pytest.fixture(scope="module")
-async def stack(
-    dev_server: DevServer,
-    temporal_client: Client,
-    tmp_path_factory: pytest.TempPathFactory,
-    payload_dir: Path,
-) -> AsyncIterator[ApiStack]:
-    async for built in api_stack(
-        dev_server,
-        temporal_client,
-        tmp_path_factory.mktemp("erasure"),
-        payload_dir,
-        worker_options={"search": SearchConfig()},
-    ):
-        yield built
+stack = stack_fixture("erasure", worker_options={"search": SearchConfig()})
 
 
 async def populate(stack: ApiStack, http: httpx.AsyncClient, tenant: str) -> dict[str, str]:

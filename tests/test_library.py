@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
 from activities.corpus import Corpus, PostgresCorpus, SQLiteCorpus
@@ -23,8 +22,7 @@ from activities.library import LibraryActivities
 from common.models import Claim, Finding, LibraryAdd, ResearchResult, Source
 from common.tenancy import library_scope
 from common.web_config import SearchConfig
-from testkit.dev_server import DevServer
-from tests.api_support import ApiStack, api_stack
+from tests.api_support import ApiStack, stack_fixture
 from tests.conftest import CAIRN
 from tests.helpers import run
 from tests.test_living import DOC_A, QUERY, report_of, upload
@@ -32,21 +30,7 @@ from tests.test_living import DOC_A, QUERY, report_of, upload
 PAGE = "# Glacier bulletin\n\nThe kerr glacier moraine bulletin.\n\nSecond paragraph: the ridge moved.\n"
 
 
-@pytest.fixture(scope="module")
-async def stack(
-    dev_server: DevServer,
-    temporal_client: Client,
-    tmp_path_factory: pytest.TempPathFactory,
-    payload_dir: Path,
-) -> AsyncIterator[ApiStack]:
-    async for built in api_stack(
-        dev_server,
-        temporal_client,
-        tmp_path_factory.mktemp("library"),
-        payload_dir,
-        worker_options={"search": SearchConfig()},
-    ):
-        yield built
+stack = stack_fixture("library", worker_options={"search": SearchConfig()})
 
 
 async def finished(http: httpx.AsyncClient, question: str, **options: object) -> str:

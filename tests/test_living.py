@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-import pytest
 from temporalio.client import Client
 
 from client.api import CairnClient
 from common.names import RUNS_PREDECESSOR
 from common.web_config import SearchConfig
-from testkit.dev_server import DevServer
-from tests.api_support import ApiStack, api_stack
+from tests.api_support import ApiStack, stack_fixture
 from tests.conftest import CAIRN
 from tests.helpers import run, wait_for
 from tests.test_api import problem, wait_phase
@@ -36,21 +33,7 @@ DOC_A = "# Kerr ridge survey\n\nThe kerr glacier moraine advanced twelve metres 
 DOC_B = "# Kerr ridge resurvey\n\nA second kerr glacier moraine survey found the ridge retreating.\n"
 
 
-@pytest.fixture(scope="module")
-async def stack(
-    dev_server: DevServer,
-    temporal_client: Client,
-    tmp_path_factory: pytest.TempPathFactory,
-    payload_dir: Path,
-) -> AsyncIterator[ApiStack]:
-    async for built in api_stack(
-        dev_server,
-        temporal_client,
-        tmp_path_factory.mktemp("living"),
-        payload_dir,
-        worker_options={"search": SearchConfig()},
-    ):
-        yield built
+stack = stack_fixture("living", worker_options={"search": SearchConfig()})
 
 
 async def upload(http: httpx.AsyncClient, name: str, text: str) -> None:

@@ -21,16 +21,13 @@ import lxml.html
 import pytest
 from temporalio.client import Client
 
-from activities.sandbox import SandboxActivities
 from client.web.export import MEDIA_TYPES, export_report, html_to_docx, html_to_pdf
 from common.models import ResearchResult, Source
-from common.web_config import FetchConfig, SearchConfig
 from testkit.dev_server import DevServer
 from testkit.research_site import ResearchSite
-from tests.api_support import ApiStack, api_stack
+from tests.api_support import ApiStack, sandbox_stack
 from tests.conftest import CAIRN
 from tests.helpers import run
-from tests.sandbox_support import sandbox_test_config
 
 QUESTION = "Chart the squares of glacier speeds [code] [steps=1]"
 
@@ -51,24 +48,10 @@ async def stack(
     site: ResearchSite,
     sandbox_image: str,
 ) -> AsyncIterator[ApiStack]:
-    tmp = tmp_path_factory.mktemp("export")
     # The chart is drawn in the real sandbox and kept where the API (same CAIRN_HOME) reads it.
-    sandbox = SandboxActivities(sandbox_test_config(tmp, artifacts_dir=tmp / "home" / "artifacts"))
-    try:
-        async for built in api_stack(
-            dev_server,
-            temporal_client,
-            tmp,
-            payload_dir,
-            worker_options={
-                "search": SearchConfig(searxng_url=site.url),
-                "fetch": FetchConfig(allow_private=True),  # The site is on loopback.
-                "sandbox": sandbox,
-            },
-        ):
-            yield built
-    finally:
-        await sandbox.close()
+    tmp = tmp_path_factory.mktemp("export")
+    async for built in sandbox_stack(dev_server, temporal_client, tmp, payload_dir, site):
+        yield built
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,11 @@ stack's files (tests/api_support.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
-from temporalio.client import Client, ScheduleOverlapPolicy
+from temporalio.client import ScheduleOverlapPolicy
 
 from activities.corpus import SQLiteCorpus
 from activities.reports import report_file_name
@@ -24,8 +22,7 @@ from client.retention import ensure_retention_schedule, schedule_id, set_history
 from common.payload_upkeep import referenced
 from common.retention_models import SweepResult
 from common.web_config import SearchConfig
-from testkit.dev_server import DevServer
-from tests.api_support import ApiStack, api_stack
+from tests.api_support import ApiStack, stack_fixture
 from tests.test_api import wait_phase
 from tests.test_living import DOC_A, QUERY, report_of, upload
 
@@ -34,24 +31,13 @@ BIG_PLAN = [{"title": f"Step {i}", "description": f"{i} " + "a long description 
 BRIEF = 1e-7  # days: every closed run of tenant "brief" is past it a moment after it closes
 
 
-@pytest.fixture(scope="module")
-async def stack(
-    dev_server: DevServer,
-    temporal_client: Client,
-    tmp_path_factory: pytest.TempPathFactory,
-    payload_dir: Path,
-) -> AsyncIterator[ApiStack]:
-    async for built in api_stack(
-        dev_server,
-        temporal_client,
-        tmp_path_factory.mktemp("retention"),
-        payload_dir,
-        worker_options={
-            "search": SearchConfig(),
-            "retention_days": lambda tenant: BRIEF if tenant == "brief" else 30.0,
-        },
-    ):
-        yield built
+stack = stack_fixture(
+    "retention",
+    worker_options={
+        "search": SearchConfig(),
+        "retention_days": lambda tenant: BRIEF if tenant == "brief" else 30.0,
+    },
+)
 
 
 async def stored_keys(stack: ApiStack, run_id: str) -> set[str]:

@@ -18,17 +18,14 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 from temporalio.client import Client
 
-from activities.sandbox import SandboxActivities
 from client.api import CairnClient
 from client.server.app import ServerConfig
 from common.env import ConfigError
-from common.web_config import FetchConfig, SearchConfig
 from testkit.dev_server import DevServer
 from testkit.oidc_issuer import AUDIENCE, KEYS, Issuer
 from testkit.research_site import ResearchSite
-from tests.api_support import ApiStack, api_stack
+from tests.api_support import ApiStack, sandbox_stack
 from tests.helpers import run
-from tests.sandbox_support import sandbox_test_config
 from tests.web_support import RUN_URL, chromium, person, screenshot_path, start_research
 
 SECONDS = 90_000  # Playwright's unit: ms. A run of the scripted LLM takes seconds; this is the bound.
@@ -61,28 +58,17 @@ async def stack(
     issuer: Issuer,
     sandbox_image: str,
 ) -> AsyncIterator[ApiStack]:
-    tmp = tmp_path_factory.mktemp("web")
-    # Code steps run in the real sandbox; their artifacts land where the API serves them from (the
-    # stack's CAIRN_HOME), as when worker and API share a home.
-    sandbox = SandboxActivities(sandbox_test_config(tmp, artifacts_dir=tmp / "home" / "artifacts"))
-    try:
-        async for built in api_stack(
-            dev_server,
-            temporal_client,
-            tmp,
-            payload_dir,
-            worker_options={
-                "search": SearchConfig(searxng_url=site.url),
-                "fetch": FetchConfig(allow_private=True),  # The site is on loopback.
-                "sandbox": sandbox,
-            },
-            CAIRN_OIDC_ISSUER=issuer.url,
-            CAIRN_OIDC_AUDIENCE=AUDIENCE,
-            CAIRN_OIDC_CLIENT_ID=OIDC_CLIENT,
-        ):
-            yield built
-    finally:
-        await sandbox.close()
+    async for built in sandbox_stack(
+        dev_server,
+        temporal_client,
+        tmp_path_factory.mktemp("web"),
+        payload_dir,
+        site,
+        CAIRN_OIDC_ISSUER=issuer.url,
+        CAIRN_OIDC_AUDIENCE=AUDIENCE,
+        CAIRN_OIDC_CLIENT_ID=OIDC_CLIENT,
+    ):
+        yield built
 
 
 @pytest.fixture(scope="module")

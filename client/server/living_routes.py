@@ -21,8 +21,8 @@ from temporalio.client import WorkflowExecutionStatus
 from client.schedules import MAX_NOTE_CHARS, Backfill, ScheduleRequest, Schedules, ScheduleView
 from client.server.app import Services
 from client.server.problems import Problem
-from client.server.routes import Reader, StartedRun, Svc, Writer, _Body, owned
-from common.models import ResearchInput, RunRequest
+from client.server.routes import Reader, StartedRun, Svc, Writer, _Body, admitted_start, owned
+from common.models import RunRequest
 from common.tenancy import library_scope
 from common.tool_models import CorpusResults
 
@@ -131,29 +131,14 @@ async def followup(
     tenant = principal.tenant
     new_id = f"{tenant}.research-{uuid.uuid4().hex[:12]}"
     async with services.quotas.turn(tenant):
-        admission = await services.quotas.admit(tenant, body)
-        request = ResearchInput.model_validate(
-            {
-                **body.model_dump(),
-                "tenant": tenant,
-                "follows": run_id,
-                "domains": services.policies.domains_of(tenant),
-                "token_budget": admission.token_budget,
-                "cost_budget_usd": admission.cost_budget_usd,
-            }
-        )
-        await services.cairn.start_run(
-            request,
+        _, admission = await admitted_start(
+            services,
+            tenant,
+            body,
             new_id,
-            fairness_weight=services.policies.of(tenant).weight,
-            memo={
-                "question": request.question[:200],
-                "request": hashlib.sha256(body.model_dump_json().encode()).hexdigest(),
-                "follows": run_id,
-            },
+            memo={"request": hashlib.sha256(body.model_dump_json().encode()).hexdigest(), "follows": run_id},
+            follows=run_id,
         )
-        services.index.remember(new_id, tenant)
-        await services.quotas.started(tenant, new_id, admission)
     response.headers["Location"] = f"/v1/runs/{new_id}"
     return StartedRun(
         id=new_id,

@@ -37,6 +37,7 @@ from client.server.app import Services, services_of
 from client.server.auth import Action, Principal, Role, allows
 from client.server.exports import export_response
 from client.server.problems import Problem
+from client.server.quotas import Admission
 from client.server.tenants import runs_query
 from client.web.export import MEDIA_TYPES, format_of_accept
 from common.models import (
@@ -223,6 +224,45 @@ async def _same_request(services: Services, run_id: str, digest: str) -> bool | 
     return memo.get("request") == digest
 
 
+async def admitted_start(
+    services: Services,
+    tenant: str,
+    body: RunRequest,
+    run_id: str,
+    *,
+    memo: dict[str, str],
+    once: bool = False,
+    **fields: Any,
+) -> tuple[bool, Admission]:
+    """The one way the API starts a run: `body` admitted under the tenant's quotas (a 429 Problem
+    when a limit stops it) and started as `run_id` with what the server, never the caller, decides:
+    the tenant, its domain policy, the admitted budgets, its fairness weight, and `fields` (a
+    follow-up's `follows`). Whether it was started now (not by an earlier request with the same
+    id), and the admission. Call with `services.quotas.turn(tenant)` held."""
+    admission = await services.quotas.admit(tenant, body)
+    request = ResearchInput.model_validate(
+        {
+            **body.model_dump(),
+            "tenant": tenant,
+            "domains": services.policies.domains_of(tenant),
+            "token_budget": admission.token_budget,
+            "cost_budget_usd": admission.cost_budget_usd,
+            **fields,
+        }
+    )
+    started = await services.cairn.start_run(
+        request,
+        run_id,
+        fairness_weight=services.policies.of(tenant).weight,
+        memo={"question": request.question[:200], **memo},
+        once=once,
+    )
+    if started.created:
+        services.index.remember(run_id, tenant)
+        await services.quotas.started(tenant, run_id, admission)
+    return started.created, admission
+
+
 @runs.post("/runs", status_code=201, response_model=StartedRun, summary="Start a research run")
 async def start_run(
     body: RunRequest,
@@ -243,27 +283,10 @@ async def start_run(
             same = await _same_request(services, run_id, digest)
             if same is not None:
                 return _repeat(response, run_id, tenant, same)
-        admission = await services.quotas.admit(tenant, body)
-        request = ResearchInput.model_validate(
-            {
-                **body.model_dump(),
-                "tenant": tenant,
-                "domains": services.policies.domains_of(tenant),
-                "token_budget": admission.token_budget,
-                "cost_budget_usd": admission.cost_budget_usd,
-            }
+        created, admission = await admitted_start(
+            services, tenant, body, run_id, memo={"request": digest}, once=idempotency_key is not None
         )
-        started = await services.cairn.start_run(
-            request,
-            run_id,
-            fairness_weight=services.policies.of(tenant).weight,
-            memo={"question": request.question[:200], "request": digest},
-            once=idempotency_key is not None,
-        )
-        if started.created:
-            services.index.remember(run_id, tenant)
-            await services.quotas.started(tenant, run_id, admission)
-    if not started.created:
+    if not created:
         if idempotency_key is None:
             raise Problem(409, f"a run with id {run_id} already exists", code="conflict")
         return _repeat(response, run_id, tenant, await _same_request(services, run_id, digest))
