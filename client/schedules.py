@@ -20,8 +20,9 @@ schedule that does not exist), or let a request body choose a schedule's tenant 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -297,7 +298,15 @@ class Schedules:
 
     async def trigger(self, tenant: str, schedule_id: str) -> None:
         """A run now, under the schedule's own overlap policy (skipped if one still runs, by default)."""
-        handle, _ = await self.owned(tenant, schedule_id)
+        handle, described = await self.owned(tenant, schedule_id)
+        recent = described.info.recent_actions
+        if recent:
+            # Temporal names a run by its schedule and the second it was due: a trigger within the
+            # second of the last run would reuse that run's id (and become the id's latest run).
+            due = recent[-1].scheduled_at.replace(microsecond=0) + timedelta(seconds=1)
+            wait = (due - datetime.now(UTC)).total_seconds()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 1.0))
         await self._act(schedule_id, "trigger the schedule", handle.trigger())
 
     async def backfill(self, tenant: str, schedule_id: str, backfill: Backfill) -> ScheduleView:
