@@ -324,6 +324,16 @@ class ApprovePlan(_Strict):
     plan_version: int
 
 
+def _persons_text(value: str, what: str) -> str:
+    """A person's free text to the planner (feedback, an answer): cleaned, not empty, bounded."""
+    value = clean_text(value)
+    if not value:
+        raise ValueError(f"{what} is empty")
+    if len(value) > MAX_FEEDBACK_CHARS:
+        raise ValueError(f"{what} is longer than {MAX_FEEDBACK_CHARS} characters")
+    return value
+
+
 class RequestChanges(_Strict):
     plan_version: int
     feedback: str
@@ -331,12 +341,7 @@ class RequestChanges(_Strict):
     @field_validator("feedback")
     @classmethod
     def _feedback_shape(cls, value: str) -> str:
-        value = clean_text(value)
-        if not value:
-            raise ValueError("the feedback is empty")
-        if len(value) > MAX_FEEDBACK_CHARS:
-            raise ValueError(f"the feedback is longer than {MAX_FEEDBACK_CHARS} characters")
-        return value
+        return _persons_text(value, "the feedback")
 
 
 class Clarification(Tolerant):
@@ -356,12 +361,7 @@ class AnswerClarification(_Strict):
     @field_validator("answer")
     @classmethod
     def _answer_shape(cls, value: str) -> str:
-        value = clean_text(value)
-        if not value:
-            raise ValueError("the answer is empty")
-        if len(value) > MAX_FEEDBACK_CHARS:
-            raise ValueError(f"the answer is longer than {MAX_FEEDBACK_CHARS} characters")
-        return value
+        return _persons_text(value, "the answer")
 
 
 class AbortRun(_Strict):

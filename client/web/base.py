@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from client.api import CairnError
@@ -177,3 +178,8 @@ def install_errors(app: FastAPI) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(CairnError, on_cairn_error)
     app.add_exception_handler(SignInNeeded, on_sign_in)
+
+
+def reasons(err: ValidationError) -> str:
+    """A validation error's reasons for a person, in one line (pydantic's "Value error, " dropped)."""
+    return "; ".join(str(e.get("msg", "invalid")).removeprefix("Value error, ") for e in err.errors())

@@ -32,7 +32,7 @@ from client.server.exports import export_response
 from client.server.problems import Problem
 from client.server.sessions import Session
 from client.web import plan_editor, signin
-from client.web.base import HERE, checked_form, install_errors, page, see_other, services, signed_in
+from client.web.base import HERE, checked_form, install_errors, page, reasons, see_other, services, signed_in
 from client.web.export import FORMATS, ExportFormat
 from client.web.render import render_report, source_href
 from common.models import (
@@ -168,7 +168,7 @@ async def start_run(request: Request) -> Response:
                 options[name] = value
         body = RunRequest.model_validate(options)
     except ValidationError as err:
-        message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors())
+        message = reasons(err)
         return await _runs(request, session, None, None, message, values, 422)
     except ValueError as err:
         return await _runs(request, session, None, None, str(err), values, 422)
@@ -336,7 +336,7 @@ async def answer(request: Request, run_id: str) -> Response:
         body = AnswerClarification(answer=str(form.get("answer") or ""))
         await routes.answer(run_id, body, session.principal, svc)
     except ValidationError as err:
-        reason, status = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors()), 422
+        reason, status = reasons(err), 422
     except CairnError as err:
         if err.kind == "not_found":
             raise
@@ -385,7 +385,7 @@ async def add_step(request: Request, run_id: str) -> Response:
     try:
         body = AddStep(title=str(form.get("title") or ""), kind=str(form.get("kind") or "research"))  # type: ignore[arg-type]
     except ValidationError as err:
-        message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors())
+        message = reasons(err)
         context = await _run_context(request, session, run_id, add_error=message)
         return page(request, "run.html", context, status=422)
     await routes.add_step(run_id, body, session.principal, services(request))

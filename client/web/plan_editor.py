@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.datastructures import FormData
 
+from client.web.base import reasons
 from common.models import MAX_STEPS, Plan, StepSpec
 
 Row = dict[str, Any]
@@ -82,9 +83,7 @@ def specs(rows: list[Row]) -> tuple[list[StepSpec], dict[int, str], str | None]:
         try:
             steps.append(StepSpec(id=r["id"], title=r["title"], kind=r["kind"], description=r["description"]))
         except ValidationError as err:
-            errors[i] = "; ".join(
-                str(e.get("msg", "invalid")).removeprefix("Value error, ") for e in err.errors()
-            )
+            errors[i] = reasons(err)
     return steps, errors, None
 
 
