@@ -280,3 +280,51 @@ def finding_model(source_ids: tuple[str, ...]) -> type[FindingDraft]:
         __base__=FindingDraft,
         claims=(list[claim], Field(default_factory=list, max_length=MAX_CLAIMS)),  # type: ignore[valid-type]
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Contradictions between an earlier run's claims and this run's, as the fact checker judges them.
+
+MAX_CONTRADICTION_WHY_CHARS = 400
+
+
+class DraftContradiction(Tolerant):
+    earlier: str = Field(description="the id of the earlier claim (E1, E2, ...)")
+    now: str = Field(description="the id of this run's claim that contradicts it (N1, N2, ...)")
+    why: str = Field(
+        max_length=MAX_CONTRADICTION_WHY_CHARS,
+        description="one sentence: what each says that the other denies",
+    )
+
+    @field_validator("why")
+    @classmethod
+    def _why_shape(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("the reason is empty")
+        return value
+
+
+class ContradictionsDraft(Tolerant):
+    contradictions: list[DraftContradiction] = Field(
+        default_factory=list, description="each pair of claims that cannot both be true; none when none"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def contradictions_model(earlier: int, now: int) -> type[ContradictionsDraft]:
+    """Pairs naming only the `earlier` claims E1..En and the `now` claims N1..Nm shown to the checker
+    (ids as enums, so the provider keeps to them), at most one pair per claim of this run."""
+    earlier_id: Any = Literal[tuple(f"E{i}" for i in range(1, earlier + 1))]  # type: ignore[valid-type]
+    now_id: Any = Literal[tuple(f"N{i}" for i in range(1, now + 1))]  # type: ignore[valid-type]
+    pair = create_model(
+        "Contradiction",
+        __base__=DraftContradiction,
+        earlier=(earlier_id, Field(description="an earlier claim's id")),
+        now=(now_id, Field(description="this run's claim's id")),
+    )
+    return create_model(
+        "Contradictions",
+        __base__=ContradictionsDraft,
+        contradictions=(list[pair], Field(default_factory=list, max_length=now)),  # type: ignore[valid-type]
+    )

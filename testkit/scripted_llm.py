@@ -19,7 +19,8 @@ altogether, or tools; one whose tool calls come several to a message or with bro
 The *content* is scripted per role (a plan for the planner, a finding for the researcher writing up its
 step), and question markers steer it: `[steps=N]` sets the plan's size, `[code]` adds a code step,
 `[replan=K]` makes the reviewer ask for one more step K times, `[ambiguous]` makes the clarifier ask
-two questions (it asks none otherwise). A scripted answer is fitted to the
+two questions (it asks none otherwise). The fact checker pairs claims that say the same of the same
+thing with opposite stances (one negated, or `advancing` against `retreating`). A scripted answer is fitted to the
 schema a request carries, as constrained decoding would; `conformed` counts the answers that needed it.
 Faults and answers scripted with `fail_next` and `answer_next` are served as they are (a misbehaving
 server), and a `chooser` (testkit/chaos.py) may decide a fault for any other request.
@@ -56,11 +57,11 @@ def role_of(messages: list[dict[str, Any]]) -> str:
     """Which Cairn role sent this request, from the fixed first line of its system prompt (content is
     scripted per role). The researcher writing up its finding counts as "finding"."""
     system = next((str(m["content"]) for m in messages if m.get("role") in _SYSTEM_ROLES), "")
-    for role in ("planner", "clarifier", "plan reviewer", "researcher", "coder", "reporter"):
+    for role in ("planner", "clarifier", "plan reviewer", "fact checker", "researcher", "coder", "reporter"):
         if system.startswith(f"You are Cairn's {role}."):
             if role == "researcher" and "Write the finding of your research step" in system:
                 return "finding"
-            return role.replace("plan ", "")
+            return role.split(" ")[-1]
     return "other"
 
 
@@ -75,6 +76,50 @@ def _finding_reply(text: str) -> str:
     claims = [{"text": f"{title} bears on the step.", "sources": [sid]} for sid, title in listed[:4]]
     summary = f"Finding for '{step.group(1) if step else 'the step'}': {len(listed)} sources consulted."
     return json.dumps({"summary": summary, "claims": claims})
+
+
+# The checker's notion of saying the opposite: a negation, or one word of these pairs for the other.
+_NEGATIONS = frozenset({"not", "no", "never", "none"})
+_OPPOSITE_PAIRS = (
+    ("advancing", "retreating"),
+    ("advanced", "retreated"),
+    ("rose", "fell"),
+    ("rising", "falling"),
+    ("increased", "decreased"),
+    ("grew", "shrank"),
+    ("approved", "rejected"),
+    ("open", "closed"),
+)
+# Each word of a pair as the pair's first word and its pole (0 the first, 1 the second).
+_OPPOSITE_OF = {word: (pair[0], pole) for pair in _OPPOSITE_PAIRS for pole, word in enumerate(pair)}
+
+
+def _stance(claim: str) -> tuple[tuple[str, ...], int]:
+    """A claim as the words it is about and whether it affirms (0) or denies (1) them."""
+    words, polarity = [], 0
+    for word in re.findall(r"[a-z0-9']+", claim.lower()):
+        if word in _NEGATIONS or word.endswith("n't"):
+            polarity ^= 1
+            continue
+        canonical, pole = _OPPOSITE_OF.get(word, (word, 0))
+        polarity ^= pole
+        words.append(canonical)
+    return tuple(words), polarity
+
+
+def _checker_reply(text: str) -> str:
+    """The fact checker: a new claim contradicts an earlier one when it says the same of the same
+    thing with the opposite stance (a negation, or `advancing` where the other says `retreating`)."""
+    earlier = re.findall(r"^(E\d+): (.*)$", text, flags=re.MULTILINE)
+    now = re.findall(r"^(N\d+): (.*)$", text, flags=re.MULTILINE)
+    pairs = []
+    for n, new in now:
+        words, polarity = _stance(new)
+        for e, old in earlier:
+            if _stance(old) == (words, 1 - polarity):
+                pairs.append({"earlier": e, "now": n, "why": f"{e} and {n} say opposite things."})
+                break
+    return json.dumps({"contradictions": pairs})
 
 
 def researcher_turn(
@@ -199,6 +244,8 @@ def default_reply(messages: list[dict[str, Any]]) -> str:
         return _coder_reply(messages, text)
     if role == "finding":
         return _finding_reply(text)
+    if role == "checker":
+        return _checker_reply(text)
     if role == "researcher":
         step = re.search(r"Your step: (.*)", text)
         title = step.group(1) if step else "the step"

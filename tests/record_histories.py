@@ -103,6 +103,23 @@ async def _scenarios(cairn: CairnClient, llm: ScriptedLLM) -> dict[str, str]:
     await cairn.result(wid)
     ids["research_followup"] = wid
 
+    # A follow-up with a claim its predecessor did not make: the fact checker is asked which claims
+    # contradict (workflow.patched("what-changed-contradictions")).
+    llm.answer_next(
+        json.dumps(
+            {"summary": "Recorded.", "claims": [{"text": "A claim made only now.", "sources": ["S1"]}]}
+        ),
+        role="finding",
+    )
+    wid = await cairn.start(
+        "Recorded checked follow-up [steps=1]",
+        auto_approve=True,
+        follows=wid,
+        workflow_id="research_followup_checked",
+    )
+    await cairn.result(wid)
+    ids["research_followup_checked"] = wid
+
     # A coding step: a program that fails once, is fixed by the model, and runs in the real sandbox.
     llm.answer_next(json.dumps({"steps": [{"title": "Compute squares", "kind": "code"}]}), role="planner")
     llm.answer_next("```python\nraise SystemExit(2)\n```", role="coder")

@@ -31,6 +31,8 @@ from tests.test_api import problem, wait_phase
 QUERY = "kerr glacier moraine"
 DOC_A = "# Kerr ridge survey\n\nThe kerr glacier moraine advanced twelve metres in the spring survey.\n"
 DOC_B = "# Kerr ridge resurvey\n\nA second kerr glacier moraine survey found the ridge retreating.\n"
+DOC_ADVANCING = "# Kerr moraine advancing\n\nThe kerr glacier moraine advanced twelve metres in the spring.\n"
+DOC_RETREATING = "# Kerr moraine retreating\n\nA second kerr glacier moraine survey found it retreating.\n"
 
 
 stack = stack_fixture("living", worker_options={"search": SearchConfig()})
@@ -140,6 +142,12 @@ async def test_a_schedule_triggered_twice_reports_what_changed_since_its_last_ru
     assert "resurvey" in new_claims.lower() and "Kerr ridge survey (corpus)" not in new_claims
     assert "1 earlier claim was found again unchanged." in section
     assert "no longer supported" not in section
+    # The fact checker was asked (one structured call) and found no contradiction in a resurvey.
+    checks = [
+        r for r in stack.llm.requests if r.role == "checker" and "Kerr ridge?" in json.dumps(r.messages)
+    ]
+    assert [r.form for r in checks] == ["json_schema"]
+    assert "### Contradicted claims" not in section and "not checked" not in section
     # It found its predecessor through an activity, and its planner was shown the first run's findings.
     assert RUNS_PREDECESSOR in await activity_types(stack.temporal, second)
     assert RUNS_PREDECESSOR in await activity_types(stack.temporal, first)  # (it had none yet)
@@ -263,7 +271,7 @@ async def test_another_tenants_schedule_is_a_schedule_that_does_not_exist(stack:
 
 async def test_a_followup_plans_from_the_earlier_findings_and_reports_what_changed(stack: ApiStack) -> None:
     async with await stack.client("cirque") as http, await stack.client("globex") as globex:
-        await upload(http, "kerr-a.md", DOC_A)
+        await upload(http, "kerr-a.md", DOC_ADVANCING)
         started = await http.post(
             "/v1/runs", json={"question": f"Kerr first look? [steps=1] [query={QUERY}]", "auto_approve": True}
         )
@@ -279,7 +287,8 @@ async def test_a_followup_plans_from_the_earlier_findings_and_reports_what_chang
         problem(await globex.post(f"/v1/runs/{earlier}/followup", json={"question": "Theirs?"}), 404)
         problem(await http.post(f"/v1/runs/{earlier}/followup", json={"question": "x", "follows": "a"}), 422)
 
-        await upload(http, "kerr-b.md", DOC_B)
+        await upload(http, "kerr-b.md", DOC_RETREATING)  # says the opposite of the first
+        checked = stack.llm.calls("checker")
         response = await http.post(
             f"/v1/runs/{earlier}/followup",
             json={"question": f"Kerr since then? [steps=1] [query={QUERY}]", "auto_approve": True},
@@ -288,12 +297,37 @@ async def test_a_followup_plans_from_the_earlier_findings_and_reports_what_chang
         later = response.json()["id"]
         assert later.startswith("cirque.") and response.headers["location"] == f"/v1/runs/{later}"
         report = await report_of(http, later)
+        assert stack.llm.calls("checker") == checked + 1
+
+        # A fact checker that cannot answer costs the follow-up that judgement, not its report.
+        stack.llm.fail_next(400, role="checker")
+        response = await http.post(
+            f"/v1/runs/{earlier}/followup",
+            json={"question": f"Kerr once more? [steps=1] [query={QUERY}]", "auto_approve": True},
+        )
+        unchecked = await report_of(http, response.json()["id"])
 
     shown = planner_text(stack, "Kerr since then?")
     assert "An earlier run" in shown and "Kerr first look?" in shown
-    assert "Kerr ridge survey (corpus) bears on the step." in shown and "upload:kerr-a.md" in shown
+    assert "Kerr moraine advancing (corpus) bears on the step." in shown and "upload:kerr-a.md" in shown
     assert "What changed since" in report and f"Compared with run {earlier}" in report
     assert "upload:kerr-b.md" in report.split("### New sources", 1)[1].split("###", 1)[0]
+    # The difference put between the runs, a document saying the opposite, is named a contradiction,
+    # and its claim is in no other list.
+    contradicted = report.split(
+        "### Contradicted claims (each pair judged by the model not both true)\n\n", 1
+    )[1]
+    assert contradicted.startswith(
+        "- was: Kerr moraine advancing (corpus) bears on the step.\n"
+        "  now: Kerr moraine retreating (corpus) bears on the step.\n"
+        "  why: E1 and N1 say opposite things.\n"
+        "  (this run's sources still state the earlier claim too)"
+    ), contradicted
+    assert "### New claims" not in report and "no longer supported" not in report
+    assert "### Contradicted claims" not in unchecked and "### New claims" in unchecked
+    assert (
+        "Contradictions were not checked: the LLM server rejected the request as malformed (400)" in unchecked
+    )
     assert RUNS_PREDECESSOR in await activity_types(stack.temporal, later)
     assert RUNS_PREDECESSOR not in await activity_types(stack.temporal, earlier)
 

@@ -21,7 +21,13 @@ from client.api import CairnClient, CairnError
 from common import errors
 from common.config import LLMConfig
 from common.names import LLM_CHAT
-from common.structured import finding_model, plan_model, review_model, strict_json_schema
+from common.structured import (
+    contradictions_model,
+    finding_model,
+    plan_model,
+    review_model,
+    strict_json_schema,
+)
 from common.web_config import FetchConfig, SearchConfig
 from testkit.research_site import ResearchSite
 from testkit.scripted_llm import (
@@ -266,6 +272,7 @@ def test_every_schema_cairn_sends_passes_strict_mode() -> None:
     models += [plan_model(8, ids) for ids in (("s1",), ("s1", "s2", "s10"))]
     models += [review_model(3, ("s1", "s2")), review_model(0)]
     models += [finding_model(()), finding_model(("S1",)), finding_model(tuple(f"S{i}" for i in range(1, 40)))]
+    models += [contradictions_model(1, 1), contradictions_model(30, 30)]
     for model in models:
         assert strict_schema_problem(strict_json_schema(model)) is None, model
 

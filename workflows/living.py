@@ -17,8 +17,11 @@ The comparison is deterministic, so it replays and can be tested exactly:
 - an earlier claim that is not made again, and was not changed into another, is *no longer
   supported*, with the reason: its sources were not found again, or were found but no longer
   state it.
-Whether two differently worded claims contradict each other takes a model's judgement; this section
-does not guess it.
+- an earlier claim and a claim of this run *contradict* each other when the fact checker (one
+  structured model call, made by the workflow with the pairs `check_candidates` chooses) says they
+  cannot both be true: that takes a model's judgement, so it is the one part not computed here. A
+  contradicted pair is listed as such and in no other list; the ids the model may name are enums of
+  the claims it was shown, so it cannot name a claim that does not exist.
 
 Pure: no I/O, clock or randomness (it runs inside the workflow). Must never: render text from a
 source, a document or a model without md_inline, or grow without bound (each list is capped).
@@ -27,6 +30,7 @@ source, a document or a model without md_inline, or grow without bound (each lis
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -37,6 +41,7 @@ from workflows.reporting import md_inline, md_url
 SECTION_TITLE = "What changed since"
 MAX_LISTED = 25  # per list in the section; the rest are counted
 MAX_PRIOR_CHARS = 12_000  # of the predecessor's findings shown to the planner
+MAX_CHECKED = 30  # claims of each run shown to the fact checker, which bounds its prompt
 _END_PUNCTUATION = re.compile(r"[\s.;:!?,]+$")
 
 
@@ -94,6 +99,39 @@ def _sources(findings: list[Finding]) -> dict[str, Source]:
     return out
 
 
+@dataclass(frozen=True)
+class Contradiction:
+    earlier: str
+    now: str
+    why: str
+
+
+def check_candidates(earlier: list[Finding], now: list[Finding]) -> tuple[list[str], list[str]]:
+    """The claims the fact checker compares: the earlier run's (those not made again first, as they
+    are likeliest to have been overturned; then those made again) and this run's claims that are not
+    earlier ones, at most MAX_CHECKED of each. Nothing to check when either side is empty."""
+    before, after = _claims(earlier), _claims(now)
+    dropped = [c.text for k, c in before.items() if k not in after]
+    kept = [c.text for k, c in before.items() if k in after]
+    fresh = [c.text for k, c in after.items() if k not in before]
+    if not fresh or not before:
+        return [], []
+    return [*dropped, *kept][:MAX_CHECKED], fresh[:MAX_CHECKED]
+
+
+def contradictions_from(
+    pairs: list[tuple[str, str, str]], earlier: list[str], now: list[str]
+) -> list[Contradiction]:
+    """The checker's pairs of ids (E1.., N1.., as shown by `check_candidates`) as claims, in the order
+    of this run's claims; a claim of this run paired twice keeps its first pair."""
+    found: dict[int, Contradiction] = {}
+    for e, n, why in pairs:
+        i, j = int(e[1:]) - 1, int(n[1:]) - 1
+        if 0 <= i < len(earlier) and 0 <= j < len(now) and j not in found:
+            found[j] = Contradiction(earlier[i], now[j], why)
+    return [found[j] for j in sorted(found)]
+
+
 @dataclass
 class Changes:
     """The comparison of two runs' findings (each list in the order the runs found things)."""
@@ -103,6 +141,8 @@ class Changes:
     new_claims: list[str] = field(default_factory=list)
     changed_claims: list[tuple[str, str]] = field(default_factory=list)  # (earlier, now)
     unsupported_claims: list[tuple[str, str]] = field(default_factory=list)  # (earlier, why)
+    # (earlier, now, why, whether this run still makes the earlier claim too)
+    contradicted_claims: list[tuple[str, str, str, bool]] = field(default_factory=list)
     kept_claims: int = 0
 
     @property
@@ -113,10 +153,13 @@ class Changes:
             or self.new_claims
             or self.changed_claims
             or self.unsupported_claims
+            or self.contradicted_claims
         )
 
 
-def compare(earlier: list[Finding], now: list[Finding]) -> Changes:
+def compare(
+    earlier: list[Finding], now: list[Finding], contradictions: Sequence[Contradiction] = ()
+) -> Changes:
     before_sources, now_sources = _sources(earlier), _sources(now)
     before, after = _claims(earlier), _claims(now)
     changes = Changes(
@@ -125,9 +168,18 @@ def compare(earlier: list[Finding], now: list[Finding]) -> Changes:
         kept_claims=sum(1 for k in after if k in before),
     )
     dropped = {k: c for k, c in before.items() if k not in after}
+    # A contradicted pair is accounted for: neither claim appears in another list.
     replaced: set[str] = set()
+    answered: set[str] = set()
+    for c in contradictions:
+        then, now_key = _claim_key(c.earlier), _claim_key(c.now)
+        if then not in before or now_key not in after or now_key in before or now_key in answered:
+            continue
+        answered.add(now_key)
+        replaced.add(then)
+        changes.contradicted_claims.append((before[then].text, after[now_key].text, c.why, then in after))
     for key, claim in after.items():
-        if key in before:
+        if key in before or key in answered:
             continue
         # The same source, no longer saying what it said: the earliest such earlier claim changed.
         was = next(
@@ -178,9 +230,16 @@ def when(prior: PriorRun) -> str:
         return md_inline(prior.finished_at, 40)
 
 
-def what_changed_section(prior: PriorRun, findings: list[Finding]) -> str:
-    """The report's last section: what this run found that its predecessor did not, and the reverse."""
-    changes = compare(prior.findings, findings)
+def what_changed_section(
+    prior: PriorRun,
+    findings: list[Finding],
+    contradictions: Sequence[Contradiction] = (),
+    unchecked: str | None = None,
+) -> str:
+    """The report's last section: what this run found that its predecessor did not, and the reverse.
+    `contradictions` are the fact checker's; `unchecked` says why it could not be asked (it is then
+    said in the section, never passed over in silence)."""
+    changes = compare(prior.findings, findings, contradictions)
     parts = [
         f"\n\n## {SECTION_TITLE} {when(prior)}\n\n"
         f"Compared with run {md_inline(prior.workflow_id, 200)} "
@@ -193,6 +252,16 @@ def what_changed_section(prior: PriorRun, findings: list[Finding]) -> str:
     if changes.new_sources:
         parts.append(
             "\n\n### New sources\n\n" + "\n".join(_capped([_source_line(s) for s in changes.new_sources]))
+        )
+    if changes.contradicted_claims:
+        lines = [
+            f"- was: {md_inline(old, 600)}\n  now: {md_inline(new, 600)}\n  why: {md_inline(why, 600)}"
+            + ("\n  (this run's sources still state the earlier claim too)" if still else "")
+            for old, new, why, still in changes.contradicted_claims
+        ]
+        parts.append(
+            "\n\n### Contradicted claims (each pair judged by the model not both true)\n\n"
+            + "\n".join(_capped(lines))
         )
     if changes.new_claims:
         lines = [f"- {md_inline(c, 600)}" for c in changes.new_claims]
@@ -211,6 +280,8 @@ def what_changed_section(prior: PriorRun, findings: list[Finding]) -> str:
     if changes.gone_sources:
         lines = [_source_line(s) for s in changes.gone_sources]
         parts.append("\n\n### Earlier sources not found again\n\n" + "\n".join(_capped(lines)))
+    if unchecked:
+        parts.append(f"\n\nContradictions were not checked: {md_inline(unchecked, 300)}.")
     if not changes.nothing and changes.kept_claims:
         kept = changes.kept_claims
         parts.append(f"\n\n{kept} earlier claim{' was' if kept == 1 else 's were'} found again unchanged.")

@@ -18,6 +18,7 @@ REVIEWER_HEADER = "You are Cairn's plan reviewer."
 RESEARCHER_HEADER = "You are Cairn's researcher."
 CODER_HEADER = "You are Cairn's coder."
 REPORTER_HEADER = "You are Cairn's reporter."
+CHECKER_HEADER = "You are Cairn's fact checker."
 
 _PLAN_TASK = (
     "Give each step a short imperative title, a kind (research, or code only for a step that needs "
@@ -242,6 +243,36 @@ def report_messages(question: str, findings: list[Finding]) -> list[ChatMessage]
         ChatMessage(
             role="user",
             content=f"Research question: {question}\n\nFindings:\n{render_findings(findings)}",
+        ),
+    ]
+
+
+def contradiction_messages(question: str, earlier: list[str], now: list[str]) -> list[ChatMessage]:
+    """For a run with a predecessor: which of its new claims contradict which of the earlier run's
+    claims. Claims are numbered E1.. and N1.. and one claim is on each line (newlines inside a claim,
+    which came from a model, are flattened so a claim cannot forge another's number)."""
+
+    def listed(prefix: str, claims: list[str]) -> str:
+        return "\n".join(f"{prefix}{i}: {' '.join(c.split())}" for i, c in enumerate(claims, 1))
+
+    return [
+        ChatMessage(
+            role="system",
+            content=(
+                f"{CHECKER_HEADER}\nThe same research question was researched twice. Compare the claims "
+                "of the earlier run with the new claims of this run and name each pair that cannot both "
+                "be true (one affirms what the other denies, or they give incompatible figures, dates or "
+                "directions for the same thing). A claim that only adds detail, narrows, or is about "
+                "something else is not a contradiction. Name none when there are none; never pair a new "
+                "claim with more than one earlier claim."
+            ),
+        ),
+        ChatMessage(
+            role="user",
+            content=(
+                f"Research question: {question}\n\nEarlier claims:\n{listed('E', earlier)}\n\n"
+                f"New claims of this run:\n{listed('N', now)}"
+            ),
         ),
     ]
 

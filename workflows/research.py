@@ -64,7 +64,7 @@ with workflow.unsafe.imports_passed_through():
         UPDATE_EDIT_PLAN,
         UPDATE_RAISE_BUDGET,
     )
-    from common.structured import DraftStep, plan_model, review_model
+    from common.structured import DraftStep, contradictions_model, plan_model, review_model
     from workflows import budget, living, prompts, reporting
     from workflows.budget import Budget
     from workflows.calls import (
@@ -91,6 +91,7 @@ PATCH_RESEARCHER_AGENT = "researcher-agent"
 PATCH_ABORT_CANCELS_STEPS = "abort-cancels-steps"
 PATCH_HAND_OVER_WHILE_AWAITING = "hand-over-while-awaiting-approval"
 PATCH_LIBRARY = "tenant-library"
+PATCH_CONTRADICTIONS = "what-changed-contradictions"
 
 
 class _Aborted(Exception):
@@ -609,7 +610,36 @@ class ResearchWorkflow:
             + reporting.budget_section(self._finished_by_budget)
             + reporting.sources_section(sources)
             + reporting.unfinished_section(self._book.plan)
-            + (living.what_changed_section(self._prior, findings) if self._prior else "")
+            + (await self._what_changed(findings) if self._prior else "")
+        )
+
+    async def _what_changed(self, findings: list[Finding]) -> str:
+        """The "What changed since" section, with the fact checker's judgement of which new claims
+        contradict earlier ones. A checker that cannot answer (after its retries) costs the run only
+        that judgement: the section says it was not checked and why."""
+        assert self._prior is not None
+        earlier, now = living.check_candidates(self._prior.findings, findings)
+        # Runs from before the check made no such call and must replay.
+        if not (earlier and now and workflow.patched(PATCH_CONTRADICTIONS)):
+            return living.what_changed_section(self._prior, findings)
+        try:
+            draft = await chat_structured(
+                "planner",
+                prompts.contradiction_messages(self._input.question, earlier, now),
+                contradictions_model(len(earlier), len(now)),
+                name="contradictions",
+                attempts=self._input.max_plan_attempts,
+                summary="check contradictions",
+                usage=self._usage,
+            )
+        except FailureError as err:
+            if self._abort is not None or isinstance(err.cause, CancelledError):
+                raise  # Aborted while checking: the abort ends the run, not this section.
+            workflow.logger.warning("could not check contradictions: %s", err)
+            return living.what_changed_section(self._prior, findings, unchecked=_root_message(err))
+        pairs = [(c.earlier, c.now, c.why) for c in draft.contradictions]
+        return living.what_changed_section(
+            self._prior, findings, living.contradictions_from(pairs, earlier, now)
         )
 
     async def _unless_aborted(self, work: Awaitable[T]) -> T:
