@@ -504,6 +504,101 @@ async def test_a_person_answers_the_planners_clarifying_questions(stack: ApiStac
         await ada.close()
 
 
+async def test_a_person_follows_up_a_run_and_keeps_schedules(
+    stack: ApiStack, browser: Browser, tmp_path: Path
+) -> None:
+    async with await stack.client("atlas") as api:
+        started = await api.post(
+            "/v1/runs", json={"question": "Glacier flow first? [steps=1]", "auto_approve": True}
+        )
+        run_id = started.json()["id"]
+    ada = await person(browser, stack, "atlas")
+    viewer = await person(browser, stack, "atlas", "viewer")
+    globex = await person(browser, stack, "globex")
+    try:
+        page = ada.page
+        # A follow-up from the finished run's page: a new run whose report says what changed since.
+        await page.goto(f"/runs/{run_id}")
+        await expect(page.get_by_role("article", name="Report")).to_be_visible(timeout=SECONDS)
+        await page.get_by_label("Question").fill("Glacier flow since? [steps=1]")
+        await page.get_by_label("Approve the plan automatically").check()
+        await page.get_by_role("button", name="Start the follow-up").click()
+        await expect(page).to_have_url(RUN_URL)
+        assert run_id not in page.url
+        report = page.get_by_role("article", name="Report")
+        await expect(report).to_be_visible(timeout=SECONDS)
+        await expect(report.get_by_role("heading", name=re.compile("^What changed since"))).to_be_visible()
+        await expect(report).to_contain_text(f"Compared with run {run_id}")
+        await viewer.page.goto(f"/runs/{run_id}")
+        await expect(viewer.page.get_by_role("article", name="Report")).to_be_visible()
+        assert await viewer.page.get_by_role("button", name="Start the follow-up").count() == 0
+
+        # Schedules: a cron Temporal cannot read is refused with its reason; a good one is listed.
+        await page.get_by_role("navigation", name="Main").get_by_role("link", name="Schedules").click()
+        await expect(page).to_have_url(re.compile(r"/schedules$"))
+        await expect(page.get_by_text("No schedules yet.")).to_be_visible()
+        await page.get_by_label("Question", exact=True).fill("Glacier flow this year? [steps=1]")
+        await page.get_by_label("Cron").fill("every day at noon")
+        await page.get_by_role("button", name="Create schedule").click()
+        await expect(page.get_by_role("alert")).to_contain_text("cannot create the schedule")
+        await expect(page.get_by_label("Question", exact=True)).to_have_value(
+            "Glacier flow this year? [steps=1]"
+        )
+        await page.get_by_label("Cron").fill("0 0 1 1 *")
+        await page.get_by_label("Time zone").fill("Europe/Oslo")
+        await page.get_by_label("Approve each plan automatically").check()
+        await page.get_by_role("button", name="Create schedule").click()
+        await expect(page).to_have_url(re.compile(r"/schedules$"))
+        row = page.locator("tr", has_text="Glacier flow this year?")
+        await expect(row).to_contain_text("0 0 1 1 * (Europe/Oslo), approved automatically")
+        await expect(row).to_contain_text("active")
+        assert await unnamed_controls(page) == []
+
+        # Run now: the run it starts is linked from the row once Temporal has started it.
+        await row.get_by_role("button", name=re.compile("^Run now")).click()
+        latest = row.get_by_role("link")
+        for _ in range(100):
+            if await latest.count():
+                break
+            await asyncio.sleep(0.2)
+            await page.reload()
+        await latest.click()
+        await expect(page).to_have_url(re.compile(r"/runs/atlas\.sched-[0-9a-f]{12}-"))
+        await expect(page.get_by_role("article", name="Report")).to_be_visible(timeout=SECONDS)
+        await page.goto("/schedules")
+        await page.screenshot(path=screenshot_path(tmp_path, "schedules"), full_page=True)
+        await row.get_by_role("button", name=re.compile("^Pause")).click()
+        await expect(row).to_contain_text("paused")
+        await expect(row.get_by_role("button", name=re.compile("^Resume"))).to_be_visible()
+
+        # A viewer sees it and cannot act; another tenant neither sees it nor reaches it.
+        await viewer.page.goto("/schedules")
+        await expect(viewer.page.locator("tr", has_text="Glacier flow this year?")).to_be_visible()
+        assert (
+            await viewer.page.get_by_role("button")
+            .filter(has_text=re.compile("Run now|Delete|Resume"))
+            .count()
+            == 0
+        )
+        schedule_id = (await row.get_attribute("id") or "").removeprefix("schedule-")
+        assert schedule_id.startswith("atlas.sched-")
+        await globex.page.goto("/schedules")
+        await expect(globex.page.get_by_text("No schedules yet.")).to_be_visible()
+        csrf = await globex.page.locator("input[name=csrf]").first.get_attribute("value")
+        for action in ("pause", "unpause", "trigger", "delete"):
+            posted = await globex.page.request.post(
+                f"/schedules/{schedule_id}/{action}", form={"csrf": csrf or ""}
+            )
+            assert posted.status == 404, action
+
+        await row.get_by_role("button", name=re.compile("^Delete")).click()
+        await expect(page.get_by_text("No schedules yet.")).to_be_visible()
+    finally:
+        await ada.close()
+        await viewer.close()
+        await globex.close()
+
+
 async def tab_to(page: Page, name: str, presses: int = 80) -> None:
     """Press Tab until the focused control's accessible name is `name`."""
     for _ in range(presses):

@@ -393,9 +393,11 @@ def create_app(config: ServerConfig | None = None, services: Services | None = N
     from client.server import tenant_routes
 
     app.include_router(tenant_routes.tenant, prefix="/v1")
+    from client.web import living as web_living
     from client.web import pages
 
     pages.install(app)
+    app.include_router(web_living.router)
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -63,7 +63,7 @@ def view_of(phase: str) -> str:
     return "ended" if phase in ENDED else "working"
 
 
-def _common(request: Request, session: Session, **context: Any) -> dict[str, Any]:
+def common_context(request: Request, session: Session, **context: Any) -> dict[str, Any]:
     return {
         "session": session,
         "principal": session.principal,
@@ -122,7 +122,7 @@ async def _runs(
     return page(
         request,
         "runs.html",
-        _common(
+        common_context(
             request,
             session,
             rows=rows,
@@ -197,12 +197,12 @@ def _sources_so_far(svc: Services, run_id: str) -> list[dict[str, str | None]]:
     return list(seen.values())
 
 
-async def _run_context(request: Request, session: Session, run_id: str, **extra: Any) -> dict[str, Any]:
+async def run_context(request: Request, session: Session, run_id: str, **extra: Any) -> dict[str, Any]:
     svc = services(request)
     await routes.owned(svc, session.principal, run_id)
     status = await svc.cairn.status(run_id)
     view = view_of(status.phase)
-    context = _common(request, session, run_id=run_id, status=status, view=view, kinds=KINDS, **extra)
+    context = common_context(request, session, run_id=run_id, status=status, view=view, kinds=KINDS, **extra)
     if view == "review" and "editor" not in context:
         context["editor"] = plan_editor.rows_of(status.plan)
     if view == "working":
@@ -225,14 +225,14 @@ async def _report(svc: Services, principal: Principal, run_id: str, status: RunS
 @router.get("/runs/{run_id}")
 async def run_page(request: Request, run_id: str) -> Response:
     session = await signed_in(request)
-    return page(request, "run.html", await _run_context(request, session, run_id))
+    return page(request, "run.html", await run_context(request, session, run_id))
 
 
 @router.get("/runs/{run_id}/live")
 async def run_live(request: Request, run_id: str) -> Response:
     """The run's panel alone, for the page's script to compare and swap in."""
     session = await signed_in(request)
-    return page(request, "panel.html", await _run_context(request, session, run_id))
+    return page(request, "panel.html", await run_context(request, session, run_id))
 
 
 @router.get("/runs/{run_id}/events")
@@ -274,7 +274,7 @@ async def document_page(
     """One of the tenant's documents as its runs searched it: a source that is a document links here."""
     session = await signed_in(request)
     stored = await routes.read_document(session.principal, services(request), path)
-    return page(request, "document.html", _common(request, session, stored=stored))
+    return page(request, "document.html", common_context(request, session, stored=stored))
 
 
 async def _settled(svc: Services, run_id: str, changed: Any) -> None:
@@ -298,7 +298,7 @@ async def edit_plan(request: Request, run_id: str) -> Response:
     version = int(str(form.get("plan_version") or "0") or 0)
     if op != "save":
         notice = "Not saved yet: choose Save plan to keep your changes."
-        context = await _run_context(request, session, run_id, editor=rows, notice=notice)
+        context = await run_context(request, session, run_id, editor=rows, notice=notice)
         return page(request, "run.html", context)
     steps, errors, general = plan_editor.specs(rows)
     if not errors and not general:
@@ -309,7 +309,7 @@ async def edit_plan(request: Request, run_id: str) -> Response:
             return see_other(f"/runs/{run_id}?saved=1")
         except CairnError as err:
             errors, general = plan_editor.reason_of(str(err), rows)
-    context = await _run_context(
+    context = await run_context(
         request, session, run_id, editor=plan_editor.with_errors(rows, errors), plan_error=general
     )
     return page(request, "run.html", context, status=422 if errors else 409)
@@ -344,7 +344,7 @@ async def answer(request: Request, run_id: str) -> Response:
     else:
         await _settled(svc, run_id, lambda s: s.phase != "clarifying")
         return see_other(f"/runs/{run_id}")
-    context = await _run_context(request, session, run_id, answer_error=reason)
+    context = await run_context(request, session, run_id, answer_error=reason)
     return page(request, "run.html", context, status=status)
 
 
@@ -356,7 +356,7 @@ async def revise(request: Request, run_id: str) -> Response:
     version = int(str(form.get("plan_version") or "0") or 0) or None
     feedback = str(form.get("feedback") or "").strip()
     if not feedback:
-        context = await _run_context(request, session, run_id, feedback_error="Say what should change.")
+        context = await run_context(request, session, run_id, feedback_error="Say what should change.")
         return page(request, "run.html", context, status=422)
     await routes.revise(
         run_id, routes.Revise(feedback=feedback, plan_version=version), session.principal, svc
@@ -386,7 +386,7 @@ async def add_step(request: Request, run_id: str) -> Response:
         body = AddStep(title=str(form.get("title") or ""), kind=str(form.get("kind") or "research"))  # type: ignore[arg-type]
     except ValidationError as err:
         message = reasons(err)
-        context = await _run_context(request, session, run_id, add_error=message)
+        context = await run_context(request, session, run_id, add_error=message)
         return page(request, "run.html", context, status=422)
     await routes.add_step(run_id, body, session.principal, services(request))
     return see_other(f"/runs/{run_id}")
@@ -406,7 +406,7 @@ async def raise_budget(request: Request, run_id: str) -> Response:
         if isinstance(err, Problem) and err.status == 404:
             raise
         message = err.detail if isinstance(err, Problem) else str(err).splitlines()[0]
-        context = await _run_context(request, session, run_id, budget_error=message)
+        context = await run_context(request, session, run_id, budget_error=message)
         return page(request, "run.html", context, status=422)
     return see_other(f"/runs/{run_id}")
 
