@@ -515,6 +515,7 @@ class Recorded:
     schema: dict[str, Any] | None = None  # the JSON schema a json_schema request carried
     form: str = ""  # what it answered: json_schema, json_object, json_in_prose, prose, tool_calls, error
     error: str = ""  # the message of an error answer
+    tokens: int = 0  # the total tokens its answer's usage reported
 
 
 _PARAMS = ("temperature", "max_tokens", "max_completion_tokens", "reasoning_effort", "top_p")
@@ -617,6 +618,7 @@ class ScriptedLLM:
                     fault = self.chooser(role, body)
                 status, headers, payload = self._answer(body, messages, fault, record)
         record.status = status
+        record.tokens = int((payload.get("usage") or {}).get("total_tokens") or 0)
         if status != 200:
             record.form, record.error = "error", str(payload.get("error", {}).get("message", ""))
         with self._lock:

@@ -307,6 +307,25 @@ async def test_a_followup_plans_from_the_earlier_findings_and_reports_what_chang
         )
         unchecked = await report_of(http, response.json()["id"])
 
+        # A budget spent by the time of the check: the report is written, the judgement not bought.
+        # Its budget: what the same follow-up spent before its check (this one spends at least as
+        # much: the library it searches has grown by the runs since).
+        def checker_tokens() -> list[int]:
+            return [r.tokens for r in stack.llm.requests if r.role == "checker" and r.status == 200]
+
+        same = {"question": f"Kerr at its cost? [steps=1] [query={QUERY}]", "auto_approve": True}
+        response = await http.post(f"/v1/runs/{earlier}/followup", json=same)
+        costed = response.json()["id"]
+        await report_of(http, costed)
+        spent = (await http.get(f"/v1/runs/{costed}")).json()["usage"]
+        before_check = spent["input_tokens"] + spent["output_tokens"] - checker_tokens()[-1]
+        checks = len(checker_tokens())
+        response = await http.post(
+            f"/v1/runs/{earlier}/followup", json={**same, "token_budget": before_check, "on_budget": "finish"}
+        )
+        budgeted = await report_of(http, response.json()["id"])
+        assert len(checker_tokens()) == checks
+
     shown = planner_text(stack, "Kerr since then?")
     assert "An earlier run" in shown and "Kerr first look?" in shown
     assert "Kerr moraine advancing (corpus) bears on the step." in shown and "upload:kerr-a.md" in shown
@@ -328,6 +347,9 @@ async def test_a_followup_plans_from_the_earlier_findings_and_reports_what_chang
     assert (
         "Contradictions were not checked: the LLM server rejected the request as malformed (400)" in unchecked
     )
+    assert "Contradictions were not checked: the token budget (" in budgeted
+    assert f" of {before_check:,} tokens spent) was reached." in budgeted
+    assert "### Contradicted claims" not in budgeted and "### New claims" in budgeted
     assert RUNS_PREDECESSOR in await activity_types(stack.temporal, later)
     assert RUNS_PREDECESSOR not in await activity_types(stack.temporal, earlier)
 

@@ -615,13 +615,17 @@ class ResearchWorkflow:
 
     async def _what_changed(self, findings: list[Finding]) -> str:
         """The "What changed since" section, with the fact checker's judgement of which new claims
-        contradict earlier ones. A checker that cannot answer (after its retries) costs the run only
-        that judgement: the section says it was not checked and why."""
+        contradict earlier ones. A checker that cannot answer (after its retries), or a budget already
+        spent, costs the run only that judgement: the section says it was not checked and why."""
         assert self._prior is not None
         earlier, now = living.check_candidates(self._prior.findings, findings)
         # Runs from before the check made no such call and must replay.
         if not (earlier and now and workflow.patched(PATCH_CONTRADICTIONS)):
             return living.what_changed_section(self._prior, findings)
+        # The report is written whatever the budget; a judgement beyond it is not bought.
+        reached = self._budget.reached(self._usage, workflow.now())
+        if reached is not None:
+            return living.what_changed_section(self._prior, findings, unchecked=f"{reached} was reached")
         try:
             draft = await chat_structured(
                 "planner",
