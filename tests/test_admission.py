@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 
 import httpx
@@ -18,14 +19,17 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from activities.admission import AdmissionActivities
 from client.api import CairnClient
 from client.schedules import ScheduleRequest, Schedules
 from client.server.db import database_of
 from client.server.policy import Policies
+from client.server.quotas import Quotas
 from client.server.tenants import runs_query
 from common import errors
-from common.models import StepInput
+from common.models import AdmitRun, Admitted, StepInput
 from common.names import LLM_CHAT, REPORT_SAVE, RUNS_ADMIT, RUNS_PREDECESSOR
 from common.web_config import SearchConfig
 from testkit.scripted_llm import ScriptedLLM
@@ -233,3 +237,58 @@ async def test_a_scheduled_run_keeps_to_the_domain_policy_its_worker_has_when_it
     ]
     assert LLM_CHAT in await activity_types(temporal_client, second)
     await schedules.delete("atoll", view.id)
+
+
+async def test_one_workers_admissions_take_turns_and_an_admission_tried_again_keeps_its_reserve(
+    temporal_client: Client, tmp_path: Path
+) -> None:
+    # The activity itself, on the real dev server's visibility and a real ledger, run as Temporal
+    # would run it: two runs of each of several one-slot tenants asking at the same instant, before
+    # visibility could show any (a daily limit puts the ledger's reads between the count and the
+    # reserve, where the other admission would slip in without the tenant's turn), and a run whose
+    # admission is tried again after its reserve was written.
+    tag = uuid.uuid4().hex[:6]
+    duos, daily = [f"duo{n}-{tag}" for n in range(4)], f"daily-{tag}"
+    policies = Policies.parse(
+        {
+            "tenants": {
+                **{duo: {"concurrent_runs": 1, "tokens_per_day": 100000} for duo in duos},
+                daily: {"concurrent_runs": 0, "tokens_per_day": 30000},
+            }
+        }
+    )
+    ledger = database_of({"CAIRN_HOME": str(tmp_path)})
+    admission = AdmissionActivities(Quotas(temporal_client, ledger, policies), policies)
+    try:
+        outcomes = await asyncio.gather(
+            *(
+                ActivityEnvironment().run(admission.admit, AdmitRun(workflow_id=f"{duo}.run-{i}", tenant=duo))
+                for duo in duos
+                for i in (1, 2)
+            ),
+            return_exceptions=True,
+        )
+        for n, duo in enumerate(duos):
+            pair = outcomes[2 * n : 2 * n + 2]
+            admitted = [o for o in pair if isinstance(o, Admitted)]
+            refused = [o for o in pair if isinstance(o, ApplicationError)]
+            assert len(admitted) == 1 and len(refused) == 1, (duo, pair)
+            assert refused[0].type == errors.QUOTA_EXCEEDED and refused[0].non_retryable
+            assert f"tenant {duo} has 1 runs going" in refused[0].message
+
+        asked = AdmitRun(workflow_id=f"{daily}.run-1", tenant=daily, token_budget=50000)
+        first = await ActivityEnvironment().run(admission.admit, asked)
+        again = await ActivityEnvironment().run(admission.admit, asked)
+        assert first.token_budget == again.token_budget == 30000
+        rows = await ledger.fetchall("SELECT reserved_tokens FROM cairn_usage WHERE tenant = ?", (daily,))
+        assert rows == [(30000,)]
+        # Another run of the day is refused: the whole allowance is that run's.
+        with pytest.raises(ApplicationError, match="used its 30,000 tokens for today"):
+            await ActivityEnvironment().run(
+                admission.admit, AdmitRun(workflow_id=f"{daily}.run-2", tenant=daily)
+            )
+        with pytest.raises(ApplicationError, match="tenant") as bad:
+            await ActivityEnvironment().run(admission.admit, AdmitRun(workflow_id="x", tenant="Not A Tenant"))
+        assert bad.value.type == errors.INVALID_INPUT and bad.value.non_retryable
+    finally:
+        await ledger.close()
