@@ -32,6 +32,7 @@ from temporalio.langgraph import LangGraphPlugin
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
+from activities.admission import AdmissionActivities
 from activities.corpus import Corpus, open_corpus
 from activities.fetch import PageFetcher
 from activities.library import LibraryActivities
@@ -45,7 +46,9 @@ from activities.sandbox import SandboxActivities
 from activities.sandbox.config import SandboxConfig
 from activities.telemetry import Telemetry
 from activities.web_search import WebSearch
+from client.server.db import database_of
 from client.server.policy import Policies
+from client.server.quotas import Quotas
 from common.config import (
     WORKER_ROLES,
     LLMConfig,
@@ -149,6 +152,7 @@ def build_worker(
     role: str = "all",
     tracer: Tracer | None = None,
     retention_days: Callable[[str], float] | None = None,
+    policies: Policies | None = None,
     **options: Any,
 ) -> CairnWorker:
     """`options` go to the workflow worker as they are (tests use `max_cached_workflows=0` to force
@@ -159,7 +163,9 @@ def build_worker(
     `workflows` (no LLM worker) or `llm` (only the LLM worker). `tracer` is the process's (common/tracing.py)
     when tracing is on: activities' own spans (LLM calls, fetches) then join the run's trace. The client
     carries Cairn's plugin (common/plugin.py: converter, tracing interceptor, sandbox), which every
-    worker built on it inherits."""
+    worker built on it inherits. `policies` (else CAIRN_TENANTS_FILE and the CAIRN_*_DOMAINS lists)
+    are the tenants' quotas and domain policy, which scheduled runs are admitted under (runs.admit),
+    against the API's ledger (DATABASE_URL, else `home`/api.db): give the API the same."""
     if role not in WORKER_ROLES:
         raise ValueError(f"unknown worker role {role!r}: one of {', '.join(WORKER_ROLES)}")
     telemetry = Telemetry(tracer)
@@ -175,7 +181,10 @@ def build_worker(
         McpTools(mcp if mcp is not None else McpConfig.from_env()),  # the operator's CAIRN_MCP_CONFIG
     )
     library = LibraryActivities(corpus)
-    policies = Policies.from_env()
+    policies = policies if policies is not None else Policies.from_env()
+    # Opened on first use: a worker whose tenants start no scheduled runs never connects to it.
+    ledger = database_of({**os.environ, "CAIRN_HOME": str(home)})
+    admission = AdmissionActivities(Quotas(client, ledger, policies), policies)
     retention = RetentionActivities(
         corpus,
         home,
@@ -206,6 +215,7 @@ def build_worker(
                     reports.save,
                     sandbox.exec,
                     LivingActivities().predecessor,
+                    admission.admit,
                     library.add,
                     retention.sweep,
                 ],
@@ -233,7 +243,7 @@ def build_worker(
                 identity=f"{options.get('identity') or client.identity}/llm",
             )
         )
-    return CairnWorker(workers, [llm_activities.close])
+    return CairnWorker(workers, [llm_activities.close, ledger.close])
 
 
 T = TypeVar("T")

@@ -10,6 +10,8 @@ server's Retry-After); the tree records that decision.
     │   ├── ResearchFailed           no        the run failed; the message says while doing what, and why
     │   ├── InvalidInput             no        a workflow's input is not exactly one valid object; also
     │   │                                      report.save and corpus_search given a bad tenant or scope
+    │   ├── QuotaExceeded            no        runs.admit: a scheduled run over its tenant's concurrent-run
+    │   │                                      limit or daily allowance (the message names which)
     │   ├── MalformedModelOutput     no        a model's JSON failed validation on every re-ask
     │   └── MalformedFinding         no        the researcher's finding failed validation on every re-ask
     ├── payloads (common/plugin.py)
@@ -63,6 +65,9 @@ from typing import Final
 
 RESEARCH_FAILED: Final = "ResearchFailed"
 INVALID_INPUT: Final = "InvalidInput"
+# A scheduled run its tenant's quotas do not admit now (activities/admission.py): retrying the same
+# start cannot help; the next scheduled run is admitted afresh.
+QUOTA_EXCEEDED: Final = "QuotaExceeded"
 MALFORMED_MODEL_OUTPUT: Final = "MalformedModelOutput"
 MALFORMED_FINDING: Final = "MalformedFinding"
 

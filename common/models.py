@@ -517,6 +517,25 @@ class PredecessorRequest(Tolerant):
     schedule_id: str | None = None
 
 
+class AdmitRun(Tolerant):
+    """Activity `runs.admit`: scheduled run `workflow_id` of `tenant`, asking to run with the budgets
+    its schedule gave it (None: no such limit of its own)."""
+
+    workflow_id: str
+    tenant: str = DEFAULT_TENANT
+    token_budget: int | None = None
+    cost_budget_usd: float | None = None
+
+
+class Admitted(Tolerant):
+    """What `runs.admit` lets a scheduled run do: its budgets under the tenant's daily allowance, and
+    the tenant's domain policy as the worker's configuration has it now."""
+
+    token_budget: int | None = None
+    cost_budget_usd: float | None = None
+    domains: DomainPolicy | None = None
+
+
 class PriorRun(Tolerant):
     """What a run knows of its predecessor: when it finished and what it found."""
 

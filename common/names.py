@@ -46,6 +46,7 @@ LLM_CHAT: Final = "llm.chat"
 REPORT_SAVE: Final = "report.save"
 SANDBOX_EXEC: Final = "sandbox.exec"
 RUNS_PREDECESSOR: Final = "runs.predecessor"
+RUNS_ADMIT: Final = "runs.admit"
 LIBRARY_ADD: Final = "library.add"
 RETENTION_SWEEP: Final = "retention.sweep"
 

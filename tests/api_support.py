@@ -22,6 +22,7 @@ from temporalio.client import Client
 from activities.sandbox import SandboxActivities
 from client.server.auth import Role
 from client.server.keys import KeyStore
+from client.server.policy import Policies
 from common.config import LLMLimits
 from common.web_config import FetchConfig, SearchConfig
 from testkit.api_server import ApiServer
@@ -46,6 +47,14 @@ tokens_per_day = 40000
 
 [tenants.chatty]
 requests_per_minute = 5
+
+# test_admission's: scheduled runs admitted under a concurrency limit, and under a daily allowance.
+[tenants.lone]
+concurrent_runs = 1
+
+[tenants.sparing]
+concurrent_runs = 0
+tokens_per_day = 30000
 """
 
 
@@ -86,7 +95,8 @@ async def api_stack(
     **extra_env: str,
 ) -> AsyncIterator[ApiStack]:
     """Start the stack; for a module fixture to yield from. `worker_options` go to build_worker (the
-    web app's tests give the researcher a loopback web to search and read)."""
+    web app's tests give the researcher a loopback web to search and read). The worker reads the
+    API's tenants file and shares its CAIRN_HOME (so its ledger), as a deployment's must."""
     task_queue = f"api-{uuid.uuid4().hex[:8]}"
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)
@@ -110,6 +120,7 @@ async def api_stack(
             llm_config(llm),
             home=home,
             llm_limits=llm_limits,
+            policies=Policies.from_env(env),
             **(worker_options or {}),
         ):
             api.start()

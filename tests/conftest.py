@@ -13,6 +13,7 @@ import pytest
 from temporalio.client import Client
 
 from client.api import CairnClient
+from client.server.policy import Policies, TenantPolicy
 from common.config import LLMConfig, TemporalConfig
 from common.plugin import connect
 from testkit.dev_server import DevServer
@@ -20,6 +21,12 @@ from testkit.scripted_llm import ScriptedLLM
 from worker import build_worker
 
 pytest_plugins = ["tests.sandbox_support", "tests.postgres_support"]
+
+# The session's dev server keeps every test's runs, and a test that ends with a run awaiting approval
+# leaves it running there: under the default limit of concurrent runs, the default tenant's scheduled
+# runs would be admitted or refused by what earlier tests left. Workers of tests that are not about
+# quotas admit them without one (tests/test_admission.py tests the limits, on tenants of its own).
+UNLIMITED = Policies(defaults=TenantPolicy(concurrent_runs=0))
 
 # Every test's worker holds this key; no payload in any history may ever contain it.
 SENTINEL_KEY = "sk-cairn-sentinel-7f3e9c1d"
@@ -96,5 +103,5 @@ def env(
 async def cairn(
     temporal_client: Client, llm: ScriptedLLM, task_queue: str, tmp_path: Path
 ) -> AsyncIterator[CairnClient]:
-    async with build_worker(temporal_client, task_queue, llm_config(llm), home=tmp_path):
+    async with build_worker(temporal_client, task_queue, llm_config(llm), home=tmp_path, policies=UNLIMITED):
         yield CairnClient(temporal_client, task_queue)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import yaml
+
 from tests.helpers import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +30,11 @@ async def test_compose_file_is_valid_and_complete() -> None:
     # The API is the only published port, on loopback unless told otherwise; Temporal and its Web UI
     # stay on the compose network.
     assert rendered.count("ports:") == 1 and "- 127.0.0.1:8000:8000" in rendered
+    # Worker and API read the same quotas, domain lists and ledger: the worker admits scheduled runs.
+    shared = {"CAIRN_TENANTS_FILE", "CAIRN_ALLOW_DOMAINS", "CAIRN_BLOCK_DOMAINS", "DATABASE_URL"}
+    worker, api = (yaml.safe_load(rendered)["services"][name]["environment"] for name in ("worker", "api"))
+    assert shared <= set(worker) and shared <= set(api)
+    assert all(worker[name] == api[name] for name in shared)
 
 
 async def test_the_validator_would_catch_a_broken_file(tmp_path: Path) -> None:

@@ -17,7 +17,14 @@ from temporalio.worker import Replayer
 
 from client import replay
 from common.models import ResearchResult
-from common.names import CODER_WORKFLOW, RESEARCH_WORKFLOW, RESEARCHER_WORKFLOW, STEP_WORKFLOW
+from common.names import (
+    CODER_WORKFLOW,
+    RESEARCH_WORKFLOW,
+    RESEARCHER_WORKFLOW,
+    RUNS_ADMIT,
+    RUNS_PREDECESSOR,
+    STEP_WORKFLOW,
+)
 from common.plugin import CairnPlugin
 from workflows.legacy_step import StepWorkflow
 from workflows.research import ResearchWorkflow
@@ -42,6 +49,23 @@ def replayer(*workflows: type) -> Replayer:
 def test_every_workflow_type_has_committed_histories() -> None:
     types = {workflow_type(load(p)) for p in HISTORIES}
     assert types >= {RESEARCH_WORKFLOW, STEP_WORKFLOW, CODER_WORKFLOW, RESEARCHER_WORKFLOW}
+
+
+def test_scheduled_runs_from_before_and_since_admission_are_both_committed() -> None:
+    """A scheduled run recorded before runs.admit existed, and one since: both replay (above), so the
+    admission's workflow.patched guard keeps in-flight scheduled runs as they were."""
+
+    def activities(stem: str) -> list[str]:
+        history = load(next(p for p in HISTORIES if p.stem == stem))
+        return [
+            e.activity_task_scheduled_event_attributes.activity_type.name
+            for e in history.events
+            if e.HasField("activity_task_scheduled_event_attributes")
+        ]
+
+    assert activities("research_scheduled")[:2] == [RUNS_ADMIT, RUNS_PREDECESSOR]
+    before = activities("research_scheduled_unadmitted")
+    assert before[0] == RUNS_PREDECESSOR and RUNS_ADMIT not in before
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)

@@ -74,6 +74,12 @@ class Budget:
         if raised.deadline_seconds is not None:
             self.deadline_seconds = raised.deadline_seconds
 
+    def admitted(self, token_budget: int | None, cost_budget_usd: float | None) -> None:
+        """The limits a scheduled run was admitted with (runs.admit), in place of its schedule's: under
+        its tenant's daily allowance, they may be lower, or set where the schedule set none."""
+        self.tokens = token_budget
+        self.cost = cost_budget_usd
+
     def as_raise(self) -> RaiseBudget:
         """The limits as they stand, for a continued run to start from."""
         return RaiseBudget(

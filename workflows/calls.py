@@ -19,6 +19,8 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
     from common.models import (
+        AdmitRun,
+        Admitted,
         ChatMessage,
         ChatRequest,
         ChatResponse,
@@ -36,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         LIBRARY_ADD,
         LLM_CHAT,
         REPORT_SAVE,
+        RUNS_ADMIT,
         RUNS_PREDECESSOR,
         SANDBOX_EXEC,
         llm_task_queue,
@@ -190,6 +193,32 @@ async def find_predecessor(request: PredecessorRequest) -> PriorRun | None:
         summary="read the earlier run",
     )
     return found
+
+
+# Admitting a scheduled run is a few visibility reads and ledger writes. A refusal (a limit reached) is
+# final for this run; a bad input too. A ledger or visibility that does not answer is tried again, a
+# bounded number of times, and then fails the run, which must not research unadmitted.
+ADMISSION_START_TO_CLOSE = timedelta(seconds=60)
+ADMISSION_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=6,
+    non_retryable_error_types=[errors.QUOTA_EXCEEDED, errors.INVALID_INPUT],
+)
+
+
+async def admit_run(request: AdmitRun) -> Admitted:
+    """The `runs.admit` activity: a scheduled run's budgets under its tenant's daily allowance and the
+    tenant's domain policy now, or a QuotaExceeded failure naming the limit that stops it."""
+    return await workflow.execute_activity(
+        RUNS_ADMIT,
+        request,
+        result_type=Admitted,
+        start_to_close_timeout=ADMISSION_START_TO_CLOSE,
+        retry_policy=ADMISSION_RETRY,
+        summary="admit under the tenant's quotas",
+    )
 
 
 # Copying a run's archive into the library reads and indexes every page it read: seconds, heartbeating.

@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         MAX_STEPS,
         SIGNALS,
         AbortRun,
+        AdmitRun,
         AnswerClarification,
         BudgetStatus,
         Carried,
@@ -70,6 +71,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.calls import (
         WORKFLOW_TASK_TIMEOUT,
         add_to_library,
+        admit_run,
         chat,
         chat_structured,
         find_predecessor,
@@ -92,6 +94,9 @@ PATCH_ABORT_CANCELS_STEPS = "abort-cancels-steps"
 PATCH_HAND_OVER_WHILE_AWAITING = "hand-over-while-awaiting-approval"
 PATCH_LIBRARY = "tenant-library"
 PATCH_CONTRADICTIONS = "what-changed-contradictions"
+PATCH_SCHEDULED_ADMISSION = "scheduled-admission"
+# What a run refused by its tenant's quotas was doing when it failed ("failed while being admitted").
+ADMISSION = "being admitted"
 
 
 class _Aborted(Exception):
@@ -236,8 +241,10 @@ class ResearchWorkflow:
 
     async def _keep_what_was_found(self) -> None:
         """A failed run (a dead LLM, say) still leaves its findings in a partial report on disk; the
-        run then fails with the original reason, whether or not this save succeeds."""
-        if not self._book.findings:
+        run then fails with the original reason, whether or not this save succeeds. A scheduled run
+        its quotas refused has found nothing, but its report says why it did not research, for whoever
+        reads the schedule's runs."""
+        if not self._book.findings and self._failed_while != ADMISSION:
             return
         self._book.mark_unfinished(f"the run failed: {self._error}")
         report = reporting.partial_report(
@@ -261,6 +268,13 @@ class ResearchWorkflow:
             if not resumed:
                 self._failed_while = "planning"
                 self._publish()  # The run's first event: it is planning.
+                # A scheduled run is admitted as the API admits a run it starts: Temporal started it,
+                # so nothing has yet applied its tenant's quotas. Only scheduled runs ask, and only
+                # those started since this landed, so every other history replays unchanged.
+                if self._input.schedule_id and workflow.patched(PATCH_SCHEDULED_ADMISSION):
+                    self._failed_while = ADMISSION
+                    await self._unless_aborted(self._admit())
+                    self._failed_while = "planning"
                 await self._unless_aborted(self._within_budget())
                 # Only runs that follow another or come from a schedule look one up (an activity), so
                 # histories of every other run replay unchanged.
@@ -324,6 +338,29 @@ class ResearchWorkflow:
             return reporting.partial_report(
                 self._input.question, reason, self._book.plan, self._book.ordered_findings()
             ) + reporting.method_section(self._clarifier.clarification, self._input.domains)
+
+    async def _admit(self) -> None:
+        """The `runs.admit` activity (activities/admission.py): a refusal fails the run, with the limit
+        in its status and report. Admitted, the run takes the budgets it was given and its tenant's
+        domain policy now, in place of those its schedule stored: the input carries both into a
+        continuation, the report's Method section and every step's web searches and page reads."""
+        admitted = await admit_run(
+            AdmitRun(
+                workflow_id=workflow.info().workflow_id,
+                tenant=self._input.tenant,
+                token_budget=self._input.token_budget,
+                cost_budget_usd=self._input.cost_budget_usd,
+            )
+        )
+        self._input = self._input.model_copy(
+            update={
+                "token_budget": admitted.token_budget,
+                "cost_budget_usd": admitted.cost_budget_usd,
+                "domains": admitted.domains,
+            }
+        )
+        self._budget.admitted(admitted.token_budget, admitted.cost_budget_usd)
+        self._publish()
 
     async def _clarify(self) -> None:
         """Ask the planner's clarifying questions, if it has any, and wait for the person's answer

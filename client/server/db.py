@@ -296,6 +296,11 @@ class PostgresDatabase(Database):
 async def open_database(env: Mapping[str, str] | None = None) -> Database:
     """PostgreSQL when DATABASE_URL is set, else SQLite at $CAIRN_HOME/api.db. Nothing is opened until
     the first call, so an API whose database is down still starts, and answers 503."""
+    return database_of(env)
+
+
+def database_of(env: Mapping[str, str] | None = None) -> Database:
+    """`open_database` for code that is not async (the worker's start-up): it opens nothing either."""
     env = os.environ if env is None else env
     dsn = env.get("DATABASE_URL")
     if dsn:

@@ -1,9 +1,15 @@
 """Each tenant's limits, applied when a run starts or its budget is raised.
 
-- **Concurrent runs**: counted from Temporal's visibility (the tenant's running research runs) plus the
-  runs this process started in the last few seconds, which visibility may not show yet. Past the limit,
-  `POST /v1/runs` answers 429 with Retry-After. Starts of one tenant take turns in a process, so two
-  requests cannot both take the last slot; across API replicas the count can overshoot by the starts
+One implementation for both places a run is admitted: the API, before it starts a run (a refusal is
+its 429 answer), and the worker's `runs.admit` activity, when a run that Temporal's scheduler started
+begins (activities/admission.py; a refusal fails the run with QuotaExceeded). Both read the same
+tenants file and the same ledger database, so a tenant's day is one day whichever way its runs start.
+
+- **Concurrent runs**: counted from Temporal's visibility (the tenant's running research runs, less
+  the run being admitted when it is already running, as a scheduled run is) plus the runs this process
+  admitted in the last few seconds, which visibility may not show yet. Past the limit, `POST /v1/runs`
+  answers 429 with Retry-After. Admissions of one tenant take turns in a process, so two cannot both
+  take the last slot; across processes (API replicas, workers) the count can overshoot by the starts
   that race within visibility's delay (a second or two), which docs/operations.md states.
 - **Tokens and dollars per UTC day**: every run of a tenant with such a limit starts with a budget
   (common/models.py `token_budget`, `cost_budget_usd`; the run pauses at it, exact through crashes)
@@ -12,8 +18,9 @@
   and replaced by what the run really spent once it has ended (read from its status), so what a
   finished run did not use goes back to the day. A run counts for the day it started.
 
-Must never: start a run without a budget when its tenant has a daily limit, or let a budget raise take
-more than the day has left.
+Must never: start a run without a budget when its tenant has a daily limit, let a budget raise take
+more than the day has left, or depend on the HTTP layer (a refusal is a QuotaRefused, which each caller
+turns into its own kind of answer).
 """
 
 from __future__ import annotations
@@ -30,9 +37,8 @@ from temporalio.service import RPCError
 from client.api import QUERY_TIMEOUT
 from client.server.db import Database
 from client.server.policy import Policies, TenantPolicy
-from client.server.problems import Problem
 from client.server.tenants import runs_query
-from common.models import RaiseBudget, RunRequest, RunStatus
+from common.models import RaiseBudget, RunStatus
 from common.names import QUERY_STATUS
 
 # A run started this recently may not be in visibility yet; it counts as running meanwhile.
@@ -51,10 +57,21 @@ SCHEMA = (
 
 @dataclass(frozen=True)
 class Admission:
-    """What a run may spend: the budgets it starts with (None: no limit from the tenant's quota)."""
+    """What a run may spend: the budgets it asks for, or starts with (None: no such limit)."""
 
     token_budget: int | None
     cost_budget_usd: float | None
+
+
+class QuotaRefused(Exception):
+    """A limit of the tenant's stops a run or a raise. `detail` is for a person: which limit, and what to
+    do; `code` is stable (concurrent_runs, daily_quota); `retry_after` is when, in seconds, to try again."""
+
+    def __init__(self, detail: str, code: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.code = code
+        self.retry_after = retry_after
 
 
 def _today() -> str:
@@ -89,21 +106,22 @@ class Quotas:
 
     # -- starting a run ---------------------------------------------------------------------------
 
-    async def admit(self, tenant: str, request: RunRequest) -> Admission:
-        """The budgets `request` may run with, or a 429 Problem saying which limit stops it. Call with
-        `turn(tenant)` held, and `started` once the run is started."""
+    async def admit(self, tenant: str, asked: Admission, *, exclude: str | None = None) -> Admission:
+        """The budgets a run asking for `asked` may run with, or QuotaRefused saying which limit stops it.
+        `exclude` is the run being admitted when it is already running (a scheduled run): it does not
+        count against its own admission. Call with `turn(tenant)` held, and `started` once the run is
+        started (or, for a run already running, once it is admitted)."""
         policy = self._policies.of(tenant)
-        running = await self._running(tenant, policy)
+        running = await self._running(tenant, policy, exclude)
         if policy.concurrent_runs and running >= policy.concurrent_runs:
-            raise Problem(
-                429,
+            raise QuotaRefused(
                 f"tenant {tenant} has {running} runs going, its limit of concurrent runs; start this one "
                 "when one of them ends",
-                code="concurrent_runs",
-                headers={"Retry-After": str(CONCURRENCY_RETRY_SECONDS)},
+                "concurrent_runs",
+                CONCURRENCY_RETRY_SECONDS,
             )
         if not (policy.tokens_per_day or policy.usd_per_day):
-            return Admission(request.token_budget, request.cost_budget_usd)
+            return asked
         tokens_left, usd_left = await self.left_today(tenant, policy)
         if (tokens_left is not None and tokens_left <= 0) or (usd_left is not None and usd_left <= 0):
             what = (
@@ -111,24 +129,41 @@ class Quotas:
                 if tokens_left is not None and tokens_left <= 0
                 else f"${policy.usd_per_day:,.2f}"
             )
-            raise Problem(
-                429,
+            raise QuotaRefused(
                 f"tenant {tenant} has used its {what} for today (UTC); runs start again after midnight UTC",
-                code="daily_quota",
-                headers={"Retry-After": str(_seconds_to_midnight())},
+                "daily_quota",
+                _seconds_to_midnight(),
             )
         slots = policy.concurrent_runs or 1
         tokens = _smaller(
-            request.token_budget,
+            asked.token_budget,
             tokens_left,
             policy.tokens_per_day // slots if policy.tokens_per_day else None,
         )
         usd = _smaller(
-            request.cost_budget_usd,
+            asked.cost_budget_usd,
             usd_left,
             policy.usd_per_day / slots if policy.usd_per_day else None,
         )
         return Admission(int(tokens) if tokens is not None else None, usd)
+
+    async def held(self, tenant: str, run_id: str, asked: Admission) -> Admission | None:
+        """The admission already reserved for `run_id` (an admission tried again after its reserve was
+        written), or None. Only a tenant with a daily limit reserves; a budget of a kind its limit does
+        not have stays what the run asked."""
+        policy = self._policies.of(tenant)
+        if not (policy.tokens_per_day or policy.usd_per_day):
+            return None
+        row = await self._db.fetchone(
+            "SELECT reserved_tokens, reserved_usd FROM cairn_usage WHERE run_id = ? AND tenant = ?",
+            (run_id, tenant),
+        )
+        if row is None:
+            return None
+        return Admission(
+            int(row[0]) if policy.tokens_per_day else asked.token_budget,
+            float(row[1]) if policy.usd_per_day else asked.cost_budget_usd,
+        )
 
     async def started(self, tenant: str, run_id: str, admission: Admission) -> None:
         self._recent[run_id] = (tenant, time.monotonic())
@@ -140,7 +175,7 @@ class Quotas:
                 (run_id, tenant, _today(), admission.token_budget or 0, admission.cost_budget_usd or 0.0),
             )
 
-    async def _running(self, tenant: str, policy: TenantPolicy) -> int:
+    async def _running(self, tenant: str, policy: TenantPolicy, exclude: str | None = None) -> int:
         if not policy.concurrent_runs:
             return 0
         now = time.monotonic()
@@ -154,7 +189,7 @@ class Quotas:
             )
         }
         recent = {run_id for run_id, (owner, _) in self._recent.items() if owner == tenant}
-        return len(visible | recent)
+        return len((visible | recent) - {exclude})
 
     # -- the day's ledger -------------------------------------------------------------------------
 
@@ -194,7 +229,7 @@ class Quotas:
             )
 
     async def check_raise(self, tenant: str, run_id: str, raised: RaiseBudget) -> tuple[int, float] | None:
-        """Refuse (429) a raise that would take more than the day has left. Returns the reserve the
+        """Refuse (QuotaRefused) a raise that would take more than the day has left. Returns the reserve the
         run holds once the raise is made (for `reserve`), or None when the tenant has no daily limit.
         A limit the raise leaves out (None) stays as it was, and so does its reserve."""
         policy = self._policies.of(tenant)
@@ -208,20 +243,18 @@ class Quotas:
         new_tokens = raised.token_budget if raised.token_budget is not None else held_tokens
         new_usd = raised.cost_budget_usd if raised.cost_budget_usd is not None else held_usd
         if tokens_left is not None and new_tokens - held_tokens > tokens_left:
-            raise Problem(
-                429,
+            raise QuotaRefused(
                 f"a token budget of {new_tokens:,} would take more than the {tokens_left + held_tokens:,} "
                 f"tokens tenant {tenant} has left for this run today",
-                code="daily_quota",
-                headers={"Retry-After": str(_seconds_to_midnight())},
+                "daily_quota",
+                _seconds_to_midnight(),
             )
         if usd_left is not None and new_usd - held_usd > usd_left:
-            raise Problem(
-                429,
+            raise QuotaRefused(
                 f"a cost budget of ${new_usd:,.2f} would take more than the ${usd_left + held_usd:,.2f} "
                 f"tenant {tenant} has left for this run today",
-                code="daily_quota",
-                headers={"Retry-After": str(_seconds_to_midnight())},
+                "daily_quota",
+                _seconds_to_midnight(),
             )
         return new_tokens, new_usd
 

@@ -37,7 +37,7 @@ from client.server.app import Services, services_of
 from client.server.auth import Action, Principal, Role, allows
 from client.server.exports import export_response
 from client.server.problems import Problem
-from client.server.quotas import Admission
+from client.server.quotas import Admission, QuotaRefused
 from client.server.tenants import runs_query
 from client.web.export import MEDIA_TYPES, format_of_accept
 from common.models import (
@@ -224,6 +224,11 @@ async def _same_request(services: Services, run_id: str, digest: str) -> bool | 
     return memo.get("request") == digest
 
 
+def quota_problem(refused: QuotaRefused) -> Problem:
+    """A tenant's limit as the API answers it: 429, with when to come back."""
+    return Problem(429, refused.detail, code=refused.code, headers={"Retry-After": str(refused.retry_after)})
+
+
 async def admitted_start(
     services: Services,
     tenant: str,
@@ -239,7 +244,10 @@ async def admitted_start(
     the tenant, its domain policy, the admitted budgets, its fairness weight, and `fields` (a
     follow-up's `follows`). Whether it was started now (not by an earlier request with the same
     id), and the admission. Call with `services.quotas.turn(tenant)` held."""
-    admission = await services.quotas.admit(tenant, body)
+    try:
+        admission = await services.quotas.admit(tenant, Admission(body.token_budget, body.cost_budget_usd))
+    except QuotaRefused as refused:
+        raise quota_problem(refused) from None
     request = ResearchInput.model_validate(
         {
             **body.model_dump(),
@@ -445,7 +453,10 @@ async def raise_budget(run_id: str, body: RaiseBudget, principal: Writer, servic
     """New limits (absolute); a paused run goes on. Within the tenant's daily allowance."""
     await owned(services, principal, run_id)
     async with services.quotas.turn(principal.tenant):  # Two raises cannot both take the day's rest.
-        held = await services.quotas.check_raise(principal.tenant, run_id, body)
+        try:
+            held = await services.quotas.check_raise(principal.tenant, run_id, body)
+        except QuotaRefused as refused:
+            raise quota_problem(refused) from None
         budget = await services.cairn.raise_budget(
             run_id,
             token_budget=body.token_budget,
