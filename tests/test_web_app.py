@@ -504,8 +504,8 @@ async def test_a_person_answers_the_planners_clarifying_questions(stack: ApiStac
         await ada.close()
 
 
-async def test_a_person_follows_up_a_run_and_keeps_schedules(
-    stack: ApiStack, browser: Browser, tmp_path: Path
+async def test_a_person_follows_up_a_run_searches_the_library_and_keeps_schedules(
+    stack: ApiStack, browser: Browser, site: ResearchSite, tmp_path: Path
 ) -> None:
     async with await stack.client("atlas") as api:
         started = await api.post(
@@ -532,6 +532,27 @@ async def test_a_person_follows_up_a_run_and_keeps_schedules(
         await viewer.page.goto(f"/runs/{run_id}")
         await expect(viewer.page.get_by_role("article", name="Report")).to_be_visible()
         assert await viewer.page.get_by_role("button", name="Start the follow-up").count() == 0
+
+        # The library: what the finished runs read and found, each leading where it came from; another
+        # tenant's search of it finds nothing.
+        await page.get_by_role("navigation", name="Main").get_by_role("link", name="Library").click()
+        await page.get_by_label("Search the library").fill("glacier flow")
+        await page.get_by_role("button", name="Search").click()
+        await expect(page).to_have_url(re.compile(r"/library\?q=glacier\+flow$"))
+        hits = page.locator("article.passage-hit")
+        await expect(hits.first).to_be_visible()
+        links = [await a.get_attribute("href") for a in await hits.get_by_role("link").all()]
+        assert links and all(h and h.startswith(site.url) for h in links), links  # pages the runs read
+        assert len(links) == len(set(links))  # each once, at its best passage
+        await page.get_by_label("Search the library").fill("investigate aspect")
+        await page.get_by_role("button", name="Search").click()
+        await expect(page).to_have_url(re.compile(r"/library\?q=investigate\+aspect$"))
+        await page.screenshot(path=screenshot_path(tmp_path, "library"), full_page=True)
+        links = [await a.get_attribute("href") for a in await hits.get_by_role("link").all()]
+        assert f"/runs/{run_id}" in links, links  # a finding, at the run that found it
+        assert await unnamed_controls(page) == []
+        await globex.page.goto("/library?q=glacier+flow")
+        await expect(globex.page.get_by_text("Nothing in the library matches.")).to_be_visible()
 
         # Schedules: a cron Temporal cannot read is refused with its reason; a good one is listed.
         await page.get_by_role("navigation", name="Main").get_by_role("link", name="Schedules").click()

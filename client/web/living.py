@@ -1,5 +1,5 @@
-"""The web app's living research: a follow-up from a finished run's page, and the tenant's schedules
-(list, create, pause, unpause, run now, delete).
+"""The web app's living research: a follow-up from a finished run's page, the tenant's schedules
+(list, create, pause, unpause, run now, delete) and a search of the tenant's library.
 
 Everything goes through the API's own route functions (client/server/living_routes.py) with the
 session's principal, so the tenant, role and quota checks are the API's: another tenant's run or
@@ -11,9 +11,9 @@ take a schedule's tenant or id, or a follow-up's predecessor, from a form.
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Annotated, Any, get_args
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
@@ -24,11 +24,13 @@ from client.server.problems import Problem
 from client.server.sessions import Session
 from client.web.base import checked_form, page, reasons, see_other, services, signed_in
 from client.web.pages import common_context, run_context
-from common.models import RunRequest
+from client.web.render import source_href
+from common.models import RunRequest, Source
 
 router = APIRouter(include_in_schema=False)
 OVERLAP_CHOICES: tuple[str, ...] = get_args(Overlap)
 ACTIONS = ("pause", "unpause", "trigger", "delete")
+LIBRARY_HITS = 10  # pages and findings listed for a search
 
 
 @router.post("/runs/{run_id}/followup")
@@ -115,3 +117,30 @@ async def act_on_schedule(request: Request, schedule_id: str, action: str) -> Re
     else:
         await living_routes.delete_schedule(schedule_id, principal, svc)
     return see_other("/schedules")
+
+
+@router.get("/library")
+async def library_page(request: Request, q: Annotated[str, Query(max_length=500)] = "") -> Response:
+    """What a run would find in the tenant's library: its finished runs' pages and findings, best
+    first, each leading where it came from (the page, or the run that found a finding)."""
+    session = await signed_in(request)
+    query = " ".join(q.split())
+    results: list[dict[str, Any]] = []
+    if query:
+        # One hit per page or finding (its best passage): a long page would otherwise fill the list.
+        found = await living_routes.search_library(session.principal, services(request), query, 20)
+        seen: set[str] = set()
+        for passage in found.passages:
+            if passage.path in seen or len(seen) == LIBRARY_HITS:
+                continue
+            seen.add(passage.path)
+            web = passage.path.startswith(("http://", "https://"))
+            source = Source(
+                id=str(passage.position),
+                title=passage.title,
+                url=passage.path if web else None,
+                path=None if web else passage.path,
+                via="library",
+            )
+            results.append({"passage": passage, "href": source_href(source), "web": web})
+    return page(request, "library.html", common_context(request, session, query=query, results=results))
