@@ -146,19 +146,7 @@ async def erase_partition(env: Mapping[str, str], tenant: str) -> Tally:
         raise ValueError(
             "the default tenant's payloads are the store's root and cannot be erased as a partition"
         )
-    directory = _partition_dir(env, tenant)
-
-    def erase() -> Tally:
-        tally = Tally()
-        if directory.is_dir():
-            for path in directory.rglob("*"):
-                if path.is_file():
-                    tally.count += 1
-                    tally.bytes += path.stat().st_size
-            shutil.rmtree(directory)
-        return tally
-
-    tally = await asyncio.to_thread(erase)
+    tally = await asyncio.to_thread(remove_tree, _partition_dir(env, tenant))
     dsn = env.get("DATABASE_URL")
     if dsn:
         tally.add(await _sweep_rows(dsn, tenant, None, set()))

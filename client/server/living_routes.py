@@ -131,7 +131,7 @@ async def followup(
     tenant = principal.tenant
     new_id = f"{tenant}.research-{uuid.uuid4().hex[:12]}"
     async with services.quotas.turn(tenant):
-        _, admission = await admitted_start(
+        started = await admitted_start(
             services,
             tenant,
             body,
@@ -140,13 +140,7 @@ async def followup(
             follows=run_id,
         )
     response.headers["Location"] = f"/v1/runs/{new_id}"
-    return StartedRun(
-        id=new_id,
-        tenant=tenant,
-        created=True,
-        token_budget=admission.token_budget,
-        cost_budget_usd=admission.cost_budget_usd,
-    )
+    return started
 
 
 @library.get("/library/search", response_model=CorpusResults, summary="Search the tenant's library")

@@ -238,12 +238,12 @@ async def admitted_start(
     memo: dict[str, str],
     once: bool = False,
     **fields: Any,
-) -> tuple[bool, Admission]:
+) -> StartedRun:
     """The one way the API starts a run: `body` admitted under the tenant's quotas (a 429 Problem
     when a limit stops it) and started as `run_id` with what the server, never the caller, decides:
     the tenant, its domain policy, the admitted budgets, its fairness weight, and `fields` (a
-    follow-up's `follows`). Whether it was started now (not by an earlier request with the same
-    id), and the admission. Call with `services.quotas.turn(tenant)` held."""
+    follow-up's `follows`). The answer says whether it was started now (`created`: not by an earlier
+    request with the same id) and with which budgets. Call with `services.quotas.turn(tenant)` held."""
     try:
         admission = await services.quotas.admit(tenant, Admission(body.token_budget, body.cost_budget_usd))
     except QuotaRefused as refused:
@@ -268,7 +268,13 @@ async def admitted_start(
     if started.created:
         services.index.remember(run_id, tenant)
         await services.quotas.started(tenant, run_id, admission)
-    return started.created, admission
+    return StartedRun(
+        id=run_id,
+        tenant=tenant,
+        created=started.created,
+        token_budget=admission.token_budget,
+        cost_budget_usd=admission.cost_budget_usd,
+    )
 
 
 @runs.post("/runs", status_code=201, response_model=StartedRun, summary="Start a research run")
@@ -291,21 +297,15 @@ async def start_run(
             same = await _same_request(services, run_id, digest)
             if same is not None:
                 return _repeat(response, run_id, tenant, same)
-        created, admission = await admitted_start(
+        started = await admitted_start(
             services, tenant, body, run_id, memo={"request": digest}, once=idempotency_key is not None
         )
-    if not created:
+    if not started.created:
         if idempotency_key is None:
             raise Problem(409, f"a run with id {run_id} already exists", code="conflict")
         return _repeat(response, run_id, tenant, await _same_request(services, run_id, digest))
     response.headers["Location"] = f"/v1/runs/{run_id}"
-    return StartedRun(
-        id=run_id,
-        tenant=tenant,
-        created=True,
-        token_budget=admission.token_budget,
-        cost_budget_usd=admission.cost_budget_usd,
-    )
+    return started
 
 
 def _repeat(response: Response, run_id: str, tenant: str, same: bool | None) -> StartedRun:
